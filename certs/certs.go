@@ -1,0 +1,292 @@
+// Package certs makes and loads salt-broker's certificates: one private CA per
+// deployment, core certificates naming the hosts edges dial, and edge certificates.
+// Every tunnel is TLS 1.3 with mutual authentication against that CA, and each side
+// also checks the other's role, so an edge certificate can never act as a core.
+package certs
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// Role says what a certificate may be used for.
+type Role string
+
+// Roles.
+const (
+	RoleEdge Role = "edge"
+	RoleCore Role = "core"
+)
+
+const (
+	caValidity   = 10 * 365 * 24 * time.Hour
+	leafValidity = 2 * 365 * 24 * time.Hour
+	orgName      = "salt-broker"
+)
+
+type keyPair struct {
+	cert *x509.Certificate
+	der  []byte
+	key  *ecdsa.PrivateKey
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	return n
+}
+
+func newCA() (*keyPair, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: "salt-broker CA", Organization: []string{orgName}},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(caValidity),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		MaxPathLenZero:        true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	return &keyPair{cert: cert, der: der, key: key}, err
+}
+
+func (ca *keyPair) issue(name string, role Role, hosts []string) (*keyPair, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: name, Organization: []string{orgName}, OrganizationalUnit: []string{string(role)}},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(leafValidity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+	}
+	switch role {
+	case RoleCore:
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		for _, h := range hosts {
+			if ip := net.ParseIP(h); ip != nil {
+				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			} else {
+				tmpl.DNSNames = append(tmpl.DNSNames, h)
+			}
+		}
+	case RoleEdge:
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	default:
+		return nil, fmt.Errorf("unknown role %q: want edge or core", role)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	return &keyPair{cert: cert, der: der, key: key}, err
+}
+
+func writePair(dir, name string, kp *keyPair) error {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(kp.key)
+	if err != nil {
+		return err
+	}
+	certPath, keyPath := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+	for _, p := range []string{certPath, keyPath} {
+		if _, err := os.Stat(p); err == nil {
+			return fmt.Errorf("%s exists already; remove it first if you mean to replace it", p)
+		}
+	}
+	if err := os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: kp.der}), 0o644)
+}
+
+// InitCA writes a new CA to DIR/ca.crt and DIR/ca.key; it refuses to overwrite one.
+func InitCA(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	ca, err := newCA()
+	if err != nil {
+		return fmt.Errorf("generate CA: %w", err)
+	}
+	if err := writePair(dir, "ca", ca); err != nil {
+		return fmt.Errorf("write CA: %w", err)
+	}
+	return nil
+}
+
+func loadCA(dir string) (*keyPair, error) {
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
+	if err != nil {
+		return nil, fmt.Errorf("load the CA from %s (run 'broker certs init --dir %s' first): %w", dir, dir, err)
+	}
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return nil, err
+	}
+	key, ok := pair.PrivateKey.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, errors.New("the CA key is not an ECDSA key made by 'broker certs init'")
+	}
+	return &keyPair{cert: cert, der: pair.Certificate[0], key: key}, nil
+}
+
+// Issue writes DIR/NAME.crt and DIR/NAME.key, signed by the CA in DIR.
+func Issue(dir, name string, role Role, hosts []string) error {
+	if name == "" || name == "ca" || filepath.Base(name) != name {
+		return fmt.Errorf("certificate name %q: use a plain name such as site-a", name)
+	}
+	ca, err := loadCA(dir)
+	if err != nil {
+		return err
+	}
+	kp, err := ca.issue(name, role, hosts)
+	if err != nil {
+		return fmt.Errorf("issue %s certificate %s: %w", role, name, err)
+	}
+	if err := writePair(dir, name, kp); err != nil {
+		return fmt.Errorf("write %s certificate: %w", name, err)
+	}
+	return nil
+}
+
+func loadPool(caFile string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read CA %s: %w", caFile, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("CA file %s holds no PEM certificate", caFile)
+	}
+	return pool, nil
+}
+
+func roleOf(c *x509.Certificate) Role {
+	if len(c.Subject.OrganizationalUnit) == 1 {
+		return Role(c.Subject.OrganizationalUnit[0])
+	}
+	return ""
+}
+
+// checkPeer verifies the peer's role (and, for edges, the allow-list) after chain verification.
+func checkPeer(want Role, allow []string) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return fmt.Errorf("peer presented no certificate: it needs one issued with 'broker certs issue --role %s'", want)
+		}
+		leaf := cs.PeerCertificates[0]
+		if got := roleOf(leaf); got != want {
+			return fmt.Errorf("certificate %q has role %q, but a %s is required here", leaf.Subject.CommonName, got, want)
+		}
+		if len(allow) > 0 && !slices.Contains(allow, leaf.Subject.CommonName) {
+			return fmt.Errorf("edge %q is not in --allow-edge", leaf.Subject.CommonName)
+		}
+		return nil
+	}
+}
+
+func serverConfig(pool *x509.CertPool, cert tls.Certificate, allow []string) *tls.Config {
+	return &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{cert},
+		ClientAuth:       tls.RequireAndVerifyClientCert,
+		ClientCAs:        pool,
+		VerifyConnection: checkPeer(RoleEdge, allow),
+	}
+}
+
+func clientConfig(pool *x509.CertPool, cert tls.Certificate) *tls.Config {
+	return &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{cert},
+		RootCAs:          pool,
+		VerifyConnection: checkPeer(RoleCore, nil),
+	}
+}
+
+// LoadServer builds the core's TLS config: TLS 1.3 only, a client certificate from
+// the CA with role edge required, optionally restricted to allowEdges by name.
+func LoadServer(caFile, certFile, keyFile string, allowEdges []string) (*tls.Config, error) {
+	pool, err := loadPool(caFile)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load core certificate %s: %w", certFile, err)
+	}
+	return serverConfig(pool, cert, allowEdges), nil
+}
+
+// LoadClient builds the edge's TLS config: TLS 1.3 only, the core's certificate must
+// come from the CA with role core. tunnel.Dial sets ServerName from the address dialled.
+func LoadClient(caFile, certFile, keyFile string) (*tls.Config, error) {
+	pool, err := loadPool(caFile)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("load edge certificate %s: %w", certFile, err)
+	}
+	return clientConfig(pool, cert), nil
+}
+
+// Ephemeral is an in-memory CA with one core and one edge certificate, for the demo and tests.
+type Ephemeral struct {
+	Server, Client *tls.Config
+}
+
+// NewEphemeral makes a fresh CA, a core certificate for hosts and an edge certificate.
+func NewEphemeral(hosts []string) (*Ephemeral, error) {
+	ca, err := newCA()
+	if err != nil {
+		return nil, err
+	}
+	coreKP, err := ca.issue("core", RoleCore, hosts)
+	if err != nil {
+		return nil, err
+	}
+	edgeKP, err := ca.issue("edge", RoleEdge, nil)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	toTLS := func(kp *keyPair) tls.Certificate {
+		return tls.Certificate{Certificate: [][]byte{kp.der}, PrivateKey: kp.key, Leaf: kp.cert}
+	}
+	return &Ephemeral{Server: serverConfig(pool, toTLS(coreKP), nil), Client: clientConfig(pool, toTLS(edgeKP))}, nil
+}
+
+// PeerName is the common name of the verified peer certificate.
+func PeerName(cs tls.ConnectionState) string {
+	if len(cs.PeerCertificates) == 0 {
+		return ""
+	}
+	return cs.PeerCertificates[0].Subject.CommonName
+}

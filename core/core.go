@@ -1,0 +1,199 @@
+// Package core is the master side of salt-broker: it connects SUB and DEALER to the
+// Salt master, numbers every publication into a bounded replay ring, and serves edges
+// over the tunnel: a publication stream resumed from each edge's cursor, and one
+// stream per request, deduplicated by request ID so a re-sent request reaches the
+// master at most once and gets its reply again.
+package core
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/salt-broker/salt-broker/tunnel"
+)
+
+// Defaults of the documented bounds.
+const (
+	DefaultRingAge  = 10 * time.Minute
+	DefaultDedupTTL = 30 * time.Minute
+)
+
+// Config is everything the core needs; cmd/broker fills it from flags.
+type Config struct {
+	Name          string // for logs and the hello; defaults to the host name
+	MasterHost    string
+	MasterPubPort int
+	MasterRetPort int
+	Listen        string // UDP and TCP, same port
+	Tunnel        tunnel.Config
+
+	Ring           RingLimits
+	Table          TableLimits
+	MaxInFlight    int           // requests at the master at once
+	MasterTimeout  time.Duration // a request the master has not answered by then is refused
+	MaxMessageSize int           // bytes of one publication, request or reply
+	WriteTimeout   time.Duration // a tunnel write blocked this long ends the stream
+
+	Logger   *slog.Logger
+	Registry prometheus.Registerer // nil: metrics are kept but not exported
+}
+
+// Defaults fills what is unset with the documented defaults.
+func (c *Config) Defaults() {
+	if c.MasterPubPort == 0 {
+		c.MasterPubPort = 4505
+	}
+	if c.MasterRetPort == 0 {
+		c.MasterRetPort = 4506
+	}
+	if c.Listen == "" {
+		c.Listen = ":443"
+	}
+	if c.Ring.Count == 0 {
+		c.Ring.Count = 100_000
+	}
+	if c.Ring.Bytes == 0 {
+		c.Ring.Bytes = 256 << 20
+	}
+	if c.Ring.Age == 0 {
+		c.Ring.Age = DefaultRingAge
+	}
+	if c.Table.Entries == 0 {
+		c.Table.Entries = 100_000
+	}
+	if c.Table.ReplyBytes == 0 {
+		c.Table.ReplyBytes = 512 << 20
+	}
+	if c.Table.TTL == 0 {
+		c.Table.TTL = DefaultDedupTTL
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = 256
+	}
+	if c.MasterTimeout == 0 {
+		c.MasterTimeout = 2 * time.Minute
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = 64 << 20
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Core serves edges. Create it with New, then Run it.
+type Core struct {
+	cfg     Config
+	log     *slog.Logger
+	epoch   uint64
+	ln      *tunnel.Listener
+	ring    *ring
+	table   *table
+	slots   chan struct{}
+	metrics *metrics
+
+	mu    sync.Mutex
+	edges map[*edgeConn]struct{}
+}
+
+// New binds the tunnel listener, so the address is known before Run.
+func New(cfg Config) (*Core, error) {
+	cfg.Defaults()
+	if cfg.MasterHost == "" {
+		return nil, errors.New("the master's address is required (--master)")
+	}
+	ln, err := tunnel.Listen(cfg.Listen, cfg.Tunnel)
+	if err != nil {
+		return nil, fmt.Errorf("listen for edges on %s: %w", cfg.Listen, err)
+	}
+	c := &Core{
+		cfg:   cfg,
+		log:   cfg.Logger.With("component", "core"),
+		epoch: randomU64(),
+		ln:    ln,
+		ring:  newRing(cfg.Ring),
+		table: newTable(cfg.Table),
+		slots: make(chan struct{}, cfg.MaxInFlight),
+		edges: make(map[*edgeConn]struct{}),
+	}
+	c.metrics = newMetrics(c, cfg.Registry)
+	return c, nil
+}
+
+// Addr is the UDP address edges dial.
+func (c *Core) Addr() net.Addr { return c.ln.Addr() }
+
+// TCPAddr is the TCP address of the fallback transport.
+func (c *Core) TCPAddr() net.Addr { return c.ln.TCPAddr() }
+
+// Run serves until ctx ends, then closes everything it started.
+func (c *Core) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c.log.Info("core started", "listen_udp", c.ln.Addr(), "listen_tcp", c.ln.TCPAddr(),
+		"master_pub", endpoint(c.cfg.MasterHost, c.cfg.MasterPubPort),
+		"master_ret", endpoint(c.cfg.MasterHost, c.cfg.MasterRetPort), "epoch", c.epoch)
+
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = c.runMaster(ctx) })
+	wg.Go(func() { c.runSweeper(ctx) })
+
+	var sessions sync.WaitGroup
+	for {
+		sess, err := c.ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Error("accepting edges stopped", "err", err)
+			}
+			break
+		}
+		sessions.Go(func() { c.serveEdge(ctx, sess) })
+	}
+	cancel()
+	_ = c.ln.Close()
+	c.table.shutdown()
+	sessions.Wait()
+	wg.Wait()
+	c.log.Info("core stopped")
+	return nil
+}
+
+func (c *Core) runSweeper(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for range c.table.sweep(c.cfg.MasterTimeout) {
+			<-c.slots
+		}
+	}
+}
+
+func randomU64() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	v := binary.BigEndian.Uint64(b[:])
+	if v == 0 {
+		v = 1
+	}
+	return v
+}
+
+// maxRecord is the largest tunnel record: one message plus its framing.
+func (c *Core) maxRecord() int { return c.cfg.MaxMessageSize + 64<<10 }

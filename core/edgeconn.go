@@ -1,0 +1,301 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/salt-broker/salt-broker/internal/wire"
+	"github.com/salt-broker/salt-broker/tunnel"
+)
+
+const (
+	helloTimeout   = 10 * time.Second
+	controlTimeout = 60 * time.Second // the edge pings several times a second
+	doneTimeout    = 30 * time.Second
+	pubBatch       = 256
+)
+
+// edgeConn is one tunnel session from an edge.
+type edgeConn struct {
+	c    *Core
+	sess tunnel.Session
+	log  *slog.Logger
+
+	helloDone chan struct{}
+	hello     wire.Hello // set before helloDone is closed
+	cursor    atomic.Uint64
+}
+
+func (c *Core) serveEdge(ctx context.Context, sess tunnel.Session) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	e := &edgeConn{
+		c:         c,
+		sess:      sess,
+		log:       c.log.With("edge", sess.PeerName(), "remote", sess.RemoteAddr(), "transport", sess.Transport()),
+		helloDone: make(chan struct{}),
+	}
+	c.mu.Lock()
+	c.edges[e] = struct{}{}
+	c.mu.Unlock()
+	c.metrics.edges.Inc()
+	defer func() {
+		c.mu.Lock()
+		delete(c.edges, e)
+		c.mu.Unlock()
+		c.metrics.edges.Dec()
+	}()
+	e.log.Debug("edge connection accepted")
+
+	var streams sync.WaitGroup
+	defer streams.Wait()
+	defer cancel()
+	go func() {
+		<-ctx.Done()
+		_ = sess.CloseWithError("core closing the connection")
+	}()
+	for {
+		st, err := sess.AcceptStream(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				e.log.Info("edge connection ended", "reason", context.Cause(sess.Context()))
+			}
+			return
+		}
+		streams.Go(func() {
+			if err := e.serveStream(ctx, st); err != nil && ctx.Err() == nil && sess.Context().Err() == nil {
+				e.log.Warn("edge stream failed; closing that stream", "err", err)
+			}
+		})
+	}
+}
+
+func (e *edgeConn) serveStream(ctx context.Context, st tunnel.Stream) error {
+	defer st.Close()
+	// Close the stream when the session's work is over, so blocked reads and writes return.
+	stop := context.AfterFunc(ctx, func() { _ = st.Close() })
+	defer stop()
+
+	rd := wire.NewReader(st, e.c.maxRecord())
+	_ = st.SetReadDeadline(time.Now().Add(helloTimeout))
+	typ, body, err := rd.Next()
+	if err != nil {
+		return fmt.Errorf("read the stream's first record: %w", err)
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	if typ == wire.THello {
+		return e.serveControl(st, rd, body)
+	}
+	if !e.waitHello(ctx) {
+		return fmt.Errorf("%s stream before the hello: %w", typ, wire.ErrMalformed)
+	}
+	switch typ {
+	case wire.TSubscribe:
+		return e.servePubs(ctx, st, body)
+	case wire.TRequest:
+		return e.serveRequest(ctx, st, rd, body)
+	case wire.TCancel:
+		return e.serveCancel(st, body)
+	default:
+		e.c.metrics.protocolErrors.Inc()
+		return fmt.Errorf("unexpected %s record opening a stream: %w", typ, wire.ErrMalformed)
+	}
+}
+
+func (e *edgeConn) waitHello(ctx context.Context) bool {
+	t := time.NewTimer(helloTimeout)
+	defer t.Stop()
+	select {
+	case <-e.helloDone:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return false
+	}
+}
+
+// serveControl answers the hello, then pings and cursor acks for the session's life.
+func (e *edgeConn) serveControl(st tunnel.Stream, rd *wire.Reader, body []byte) error {
+	h, err := wire.DecodeHello(body)
+	if err != nil {
+		e.c.metrics.protocolErrors.Inc()
+		return fmt.Errorf("decode hello: %w", err)
+	}
+	if h.Version != wire.Version {
+		msg := fmt.Sprintf("protocol version %d is not supported by this core (it speaks %d): upgrade the older side", h.Version, wire.Version)
+		_ = e.write(st, wire.TReject, []byte(msg))
+		e.log.Error("edge refused", "reason", msg)
+		_ = e.sess.CloseWithError(msg)
+		return nil
+	}
+	select {
+	case <-e.helloDone:
+		return fmt.Errorf("second hello on one connection: %w", wire.ErrMalformed)
+	default:
+	}
+	e.hello = h
+	e.cursor.Store(h.PubCursor)
+	e.log = e.log.With("edge_name", h.EdgeName, "edge_session", fmt.Sprintf("%016x", h.EdgeSession))
+	if err := e.write(st, wire.THelloAck, wire.HelloAck{Version: wire.Version, CoreName: e.c.cfg.Name, CoreEpoch: e.c.epoch, HeadSeq: e.c.ring.Head()}.Encode()); err != nil {
+		return fmt.Errorf("answer hello: %w", err)
+	}
+	close(e.helloDone)
+	e.log.Info("edge connected", "pub_cursor", h.PubCursor, "cursor_epoch", h.CoreEpoch, "pending_requests", h.Pending)
+	for {
+		_ = st.SetReadDeadline(time.Now().Add(controlTimeout))
+		typ, body, err := rd.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("control stream: %w", err)
+		}
+		switch typ {
+		case wire.TPing:
+			if err := e.write(st, wire.TPong, body); err != nil {
+				return fmt.Errorf("answer ping: %w", err)
+			}
+		case wire.TAck:
+			v, err := wire.DecodeU64(body)
+			if err != nil {
+				return fmt.Errorf("decode ack: %w", err)
+			}
+			e.cursor.Store(v)
+		default:
+			e.c.metrics.protocolErrors.Inc()
+			return fmt.Errorf("unexpected %s record on the control stream: %w", typ, wire.ErrMalformed)
+		}
+	}
+}
+
+func (e *edgeConn) write(st tunnel.Stream, t wire.Type, body []byte) error {
+	_ = st.SetWriteDeadline(time.Now().Add(e.c.cfg.WriteTimeout))
+	return wire.Write(st, t, body)
+}
+
+// startCursor decides where an edge's publication stream resumes.
+//   - Same core epoch: right after the edge's cursor (a gap is reported if evicted).
+//   - Another epoch (this core restarted): everything this core has numbered, from 1;
+//     what the master published while no core was subscribed is gone (Salt semantics).
+//   - No epoch (a fresh edge): from now on; an edge that never saw a job has none to resume.
+func (e *edgeConn) startCursor(s wire.Subscribe) (cursor uint64, why string) {
+	switch s.CoreEpoch {
+	case e.c.epoch:
+		return s.Cursor, "resume"
+	case 0:
+		return e.c.ring.Head(), "new edge"
+	default:
+		return 0, "core restarted"
+	}
+}
+
+// servePubs streams publications from the edge's cursor for the session's life.
+func (e *edgeConn) servePubs(ctx context.Context, st tunnel.Stream, body []byte) error {
+	sub, err := wire.DecodeSubscribe(body)
+	if err != nil {
+		return fmt.Errorf("decode subscribe: %w", err)
+	}
+	cursor, why := e.startCursor(sub)
+	e.log.Info("publication stream started", "from_seq", cursor+1, "why", why, "head_seq", e.c.ring.Head())
+	// Tell the edge where this stream starts, in this core's epoch.
+	if err := e.write(st, wire.TSubscribe, wire.Subscribe{CoreEpoch: e.c.epoch, Cursor: cursor}.Encode()); err != nil {
+		return fmt.Errorf("answer subscribe: %w", err)
+	}
+	buf := make([]byte, 0, 64<<10)
+	for {
+		batch, gap, wait := e.c.ring.read(cursor, pubBatch)
+		buf = buf[:0]
+		if gap != nil {
+			n := gap.To - gap.From + 1
+			e.log.Warn("publications lost: they left the replay ring before this edge could take them; raise --ring-* limits if this edge's outages are longer",
+				"from_seq", gap.From, "to_seq", gap.To, "count", n)
+			e.c.metrics.gapPubs.Add(float64(n))
+			buf = wire.Append(buf, wire.TGap, gap.Encode())
+			cursor = gap.To
+		}
+		for _, ent := range batch {
+			buf = wire.Append(buf, wire.TPub, wire.Pub{Seq: ent.seq, Frames: ent.frames}.Encode())
+			cursor = ent.seq
+		}
+		if len(buf) > 0 {
+			_ = st.SetWriteDeadline(time.Now().Add(e.c.cfg.WriteTimeout))
+			if _, err := st.Write(buf); err != nil {
+				return fmt.Errorf("write publications: %w", err)
+			}
+			e.c.metrics.pubsOut.Add(float64(len(batch)))
+		}
+		if wait != nil {
+			select {
+			case <-wait:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	}
+}
+
+// serveRequest takes one request, waits for its reply (from the master, or the cache
+// when this is a re-send), returns it and waits for the edge to confirm.
+func (e *edgeConn) serveRequest(ctx context.Context, st tunnel.Stream, rd *wire.Reader, body []byte) error {
+	req, err := wire.DecodeRequest(body)
+	if err != nil {
+		e.c.metrics.protocolErrors.Inc()
+		return fmt.Errorf("decode request: %w", err)
+	}
+	if wire.Size(req.Frames) > e.c.cfg.MaxMessageSize {
+		e.c.metrics.requests.WithLabelValues("too_large").Inc()
+		return e.write(st, wire.TRefused, wire.Refused{ID: req.ID, Code: wire.RefusedTooLarge, Reason: "request larger than the core's --max-message-size"}.Encode())
+	}
+	key := reqKey{edgeSession: e.hello.EdgeSession, id: req.ID}
+	p, dup, busy := e.c.table.submit(key, wire.CloneFrames(req.Frames))
+	switch {
+	case busy:
+		e.c.metrics.requests.WithLabelValues("busy").Inc()
+		e.log.Warn("request refused: the dedup table is full; the minion will retry", "limit", e.c.cfg.Table.Entries)
+		return e.write(st, wire.TRefused, wire.Refused{ID: req.ID, Code: wire.RefusedBusy, Reason: "core request table full"}.Encode())
+	case dup:
+		e.c.metrics.requests.WithLabelValues("resent").Inc()
+	default:
+		e.c.metrics.requests.WithLabelValues("accepted").Inc()
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		return nil // the edge re-sends it on its next connection
+	}
+	reply, refusal := e.c.table.result(p)
+	if refusal != nil {
+		return e.write(st, wire.TRefused, refusal.Encode())
+	}
+	if err := e.write(st, wire.TReply, wire.Reply{ID: req.ID, Frames: reply}.Encode()); err != nil {
+		return fmt.Errorf("write reply: %w", err)
+	}
+	_ = st.SetReadDeadline(time.Now().Add(doneTimeout))
+	b, err := rd.Expect(wire.TDone)
+	if err != nil {
+		return nil // not confirmed: the reply stays cached for a re-send
+	}
+	if id, err := wire.DecodeU64(b); err == nil && id == req.ID {
+		e.c.table.delivered(key)
+	}
+	_ = st.CloseWrite()
+	return nil
+}
+
+// serveCancel withdraws a request that has not reached the master yet (the edge
+// does this when a minion's own retry replaced it).
+func (e *edgeConn) serveCancel(st tunnel.Stream, body []byte) error {
+	id, err := wire.DecodeU64(body)
+	if err != nil {
+		return fmt.Errorf("decode cancel: %w", err)
+	}
+	res := e.c.table.cancel(reqKey{edgeSession: e.hello.EdgeSession, id: id})
+	return e.write(st, wire.TCancelReply, wire.CancelReply{ID: id, Result: res}.Encode())
+}

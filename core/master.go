@@ -1,0 +1,208 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+
+	"github.com/salt-broker/salt-broker/internal/wire"
+)
+
+// The master side uses zmq4: the peer is the trusted master, and zmq4's SUB and
+// DEALER interoperate with libzmq. Settings follow dependency-pitfalls.md §zmq4:
+// unlimited reconnects (item 5), exactly one endpoint per DEALER (item 5), SendMulti
+// always (item 10), EOF from Recv is not fatal (upstream #109, #157), our own
+// per-request timeout (the table's sweep), and COMMAND messages (PING, item 4)
+// never taken for data.
+
+const masterRetry = 500 * time.Millisecond
+
+func zmqOptions() []zmq4.Option {
+	return []zmq4.Option{
+		zmq4.WithAutomaticReconnect(true),
+		zmq4.WithDialerMaxRetries(-1),
+		zmq4.WithDialerRetry(masterRetry),
+		zmq4.WithTimeout(10 * time.Second),
+	}
+}
+
+func endpoint(host string, port int) string {
+	return "tcp://" + net.JoinHostPort(host, strconv.Itoa(port))
+}
+
+// dialMaster dials one endpoint, retrying until it works or ctx ends. zmq4's own
+// Dial already retries forever with these options; this only adds a log line.
+func dialMaster(ctx context.Context, sock zmq4.Socket, ep string, what string, log *slog.Logger) error {
+	log.Info("connecting to the master", "socket", what, "endpoint", ep)
+	if err := sock.Dial(ep); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("dial master %s %s: %w", what, ep, err)
+	}
+	log.Info("connected to the master", "socket", what, "endpoint", ep)
+	return nil
+}
+
+// runSub drains the master's PUB into the ring. It never waits on anything else:
+// the master drops publications silently once its pub_hwm (1000) is queued for us.
+func (c *Core) runSub(ctx context.Context, sub zmq4.Socket) error {
+	if err := dialMaster(ctx, sub, endpoint(c.cfg.MasterHost, c.cfg.MasterPubPort), "SUB", c.log); err != nil {
+		return err
+	}
+	errs := 0
+	for {
+		msg, err := sub.Recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errs++; errs == 1 {
+				c.log.Warn("reading publications from the master failed; zmq4 reconnects by itself", "err", err)
+			}
+			if !sleepCtx(ctx, 50*time.Millisecond) {
+				return nil
+			}
+			continue
+		}
+		errs = 0
+		if msg.Type != zmq4.UsrMsg || len(msg.Frames) == 0 {
+			continue
+		}
+		seq := c.ring.Append(msg.Frames)
+		c.metrics.pubsIn.Inc()
+		c.metrics.pubBytesIn.Add(float64(wire.Size(msg.Frames)))
+		c.metrics.ringHead.Set(float64(seq))
+	}
+}
+
+// runDealerSend forwards queued requests to the master, at most MaxInFlight at once,
+// so a backlog after an outage drains at the master's pace (DESIGN invariant 4).
+func (c *Core) runDealerSend(ctx context.Context, dealer zmq4.Socket, connected <-chan struct{}) {
+	select {
+	case <-connected:
+	case <-ctx.Done():
+		return
+	}
+	for {
+		var p *pending
+		select {
+		case p = <-c.table.queue:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case c.slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		if !c.table.take(p) {
+			<-c.slots
+			continue
+		}
+		frames := make([][]byte, 0, 2+len(p.frames))
+		frames = append(frames, ticketFrame(p.ticket), nil)
+		frames = append(frames, p.frames...)
+		if err := dealer.SendMulti(zmq4.NewMsgFrom(frames...)); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			// The sweep times it out and frees its slot; the edge then tells the minion nothing
+			// and the minion's own retry takes over.
+			c.log.Warn("sending a request to the master failed", "err", err)
+			c.metrics.masterSendErrors.Inc()
+		}
+		c.metrics.requestsToMaster.Inc()
+	}
+}
+
+// runDealerRecv hands the master's replies to the table.
+func (c *Core) runDealerRecv(ctx context.Context, dealer zmq4.Socket) {
+	errs := 0
+	for {
+		msg, err := dealer.Recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if errs++; errs == 1 {
+				c.log.Warn("reading replies from the master failed; zmq4 reconnects by itself", "err", err)
+			}
+			if !sleepCtx(ctx, 50*time.Millisecond) {
+				return
+			}
+			continue
+		}
+		errs = 0
+		if msg.Type != zmq4.UsrMsg {
+			continue
+		}
+		if len(msg.Frames) < 2 || len(msg.Frames[1]) != 0 {
+			c.metrics.badReplies.Inc()
+			continue
+		}
+		ticket, ok := parseTicket(msg.Frames[0])
+		if !ok {
+			c.metrics.badReplies.Inc()
+			continue
+		}
+		if c.table.complete(ticket, msg.Frames[2:]) {
+			<-c.slots
+		} else {
+			c.metrics.lateReplies.Inc()
+		}
+	}
+}
+
+// runMaster owns the two zmq4 sockets and their goroutines.
+func (c *Core) runMaster(ctx context.Context) error {
+	sub := zmq4.NewSub(ctx, zmqOptions()...)
+	if err := sub.SetOption(zmq4.OptionSubscribe, ""); err != nil {
+		return fmt.Errorf("subscribe to the master: %w", err)
+	}
+	dealer := zmq4.NewDealer(ctx, zmqOptions()...)
+	done := make(chan struct{}, 4)
+	connected := make(chan struct{})
+	go func() {
+		defer func() { done <- struct{}{} }()
+		if err := c.runSub(ctx, sub); err != nil && !errors.Is(err, context.Canceled) {
+			c.log.Error("master publication link stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		if err := dialMaster(ctx, dealer, endpoint(c.cfg.MasterHost, c.cfg.MasterRetPort), "DEALER", c.log); err != nil {
+			return
+		}
+		close(connected)
+		c.runDealerRecv(ctx, dealer)
+	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		c.runDealerSend(ctx, dealer, connected)
+	}()
+	<-ctx.Done()
+	_ = sub.Close()
+	_ = dealer.Close()
+	for range 3 {
+		<-done
+	}
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

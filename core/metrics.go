@@ -1,0 +1,53 @@
+package core
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the core's Prometheus collectors; names are documented in docs/operations.md.
+type metrics struct {
+	pubsIn, pubBytesIn, pubsOut, gapPubs prometheus.Counter
+	ringHead                             prometheus.Gauge
+	edges                                prometheus.Gauge
+	requests                             *prometheus.CounterVec
+	requestsToMaster, masterSendErrors   prometheus.Counter
+	badReplies, lateReplies              prometheus.Counter
+	protocolErrors                       prometheus.Counter
+}
+
+func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
+	const ns, sub = "salt_broker", "core"
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help})
+	}
+	gauge := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help})
+	}
+	m := &metrics{
+		pubsIn:           counter("master_publications_total", "Publications read from the master's PUB socket."),
+		pubBytesIn:       counter("master_publication_bytes_total", "Payload bytes of publications read from the master."),
+		pubsOut:          counter("edge_publications_sent_total", "Publications written to edges (replays included)."),
+		gapPubs:          counter("publication_gap_total", "Publications an edge missed because they left the replay ring first."),
+		ringHead:         gauge("ring_head_sequence", "Sequence number of the newest publication."),
+		edges:            gauge("edges_connected", "Edge connections open now."),
+		requests:         prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total", Help: "Requests received from edges, by outcome: accepted, resent (a known ID; never sent to the master twice), busy, too_large."}, []string{"result"}),
+		requestsToMaster: counter("master_requests_total", "Requests sent to the master's ret port."),
+		masterSendErrors: counter("master_send_errors_total", "Requests zmq4 failed to queue towards the master."),
+		badReplies:       counter("master_bad_replies_total", "Messages from the master's ret port without our routing frame."),
+		lateReplies:      counter("master_late_replies_total", "Replies from the master after their request timed out or was forgotten."),
+		protocolErrors:   counter("tunnel_protocol_errors_total", "Tunnel streams closed because an edge sent something malformed."),
+	}
+	ringGauges := []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ring_messages", Help: "Publications held in the replay ring."}, func() float64 { return float64(c.ring.Stats().Count) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ring_bytes", Help: "Payload bytes held in the replay ring."}, func() float64 { return float64(c.ring.Stats().Bytes) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ring_oldest_age_seconds", Help: "Age of the oldest publication in the replay ring: how long an outage it can still replay."}, func() float64 { return c.ring.Stats().OldestAge.Seconds() }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ring_evicted_total", Help: "Publications evicted from the replay ring by its count, byte or age bound."}, func() float64 { return float64(c.ring.Stats().Evicted) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_at_master", Help: "Requests sent to the master and not yet answered."}, func() float64 { _, _, n, _ := c.table.snapshot(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "dedup_entries", Help: "Requests remembered by the dedup table."}, func() float64 { _, n, _, _ := c.table.snapshot(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "dedup_reply_bytes", Help: "Bytes of replies cached until their edge confirms them."}, func() float64 { _, _, _, b := c.table.snapshot(); return float64(b) }),
+	}
+	if reg != nil {
+		reg.MustRegister(m.pubsIn, m.pubBytesIn, m.pubsOut, m.gapPubs, m.ringHead, m.edges, m.requests,
+			m.requestsToMaster, m.masterSendErrors, m.badReplies, m.lateReplies, m.protocolErrors)
+		reg.MustRegister(ringGauges...)
+	}
+	return m
+}

@@ -1,0 +1,45 @@
+package core
+
+// Status is what `broker status` shows for a core.
+type Status struct {
+	Role             string       `json:"role"`
+	Epoch            uint64       `json:"epoch"`
+	HeadSeq          uint64       `json:"head_seq"`
+	RingMessages     int          `json:"ring_messages"`
+	RingBytes        int64        `json:"ring_bytes"`
+	RingOldestSecs   float64      `json:"ring_oldest_age_s"`
+	RequestsAtMaster int          `json:"requests_at_master"`
+	DedupEntries     int          `json:"dedup_entries"`
+	Edges            []EdgeStatus `json:"edges"`
+}
+
+// EdgeStatus is one connected edge.
+type EdgeStatus struct {
+	Name      string `json:"name"`
+	Remote    string `json:"remote"`
+	Transport string `json:"transport"`
+	PubCursor uint64 `json:"pub_cursor"`
+	Lag       uint64 `json:"pub_lag"`
+}
+
+// Ready reports whether the core serves (it is ready once listening).
+func (c *Core) Ready() bool { return true }
+
+// Status returns the core's state now.
+func (c *Core) Status() Status {
+	rs := c.ring.Stats()
+	_, entries, atMaster, _ := c.table.snapshot()
+	s := Status{Role: "core", Epoch: c.epoch, HeadSeq: rs.Head, RingMessages: rs.Count, RingBytes: rs.Bytes,
+		RingOldestSecs: rs.OldestAge.Seconds(), RequestsAtMaster: atMaster, DedupEntries: entries, Edges: []EdgeStatus{}}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for e := range c.edges {
+		cur := e.cursor.Load()
+		es := EdgeStatus{Name: e.sess.PeerName(), Remote: e.sess.RemoteAddr().String(), Transport: e.sess.Transport(), PubCursor: cur}
+		if rs.Head > cur {
+			es.Lag = rs.Head - cur
+		}
+		s.Edges = append(s.Edges, es)
+	}
+	return s
+}

@@ -1,0 +1,100 @@
+package tunnel
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	"golang.org/x/net/http/httpproxy"
+)
+
+// ProxyFunc returns the HTTP proxy for a target URL (https://host:port), or nil for none.
+type ProxyFunc func(target *url.URL) (*url.URL, error)
+
+// ProxyFromEnvironment honours HTTPS_PROXY and NO_PROXY (and their lower-case forms).
+func ProxyFromEnvironment(target *url.URL) (*url.URL, error) {
+	return httpproxy.FromEnvironment().ProxyFunc()(target)
+}
+
+// ProxyURL always uses the proxy at raw (http://[user:pass@]host:port).
+func ProxyURL(raw string) (ProxyFunc, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("proxy URL %q: %w", raw, err)
+	}
+	if u.Scheme != "http" || u.Host == "" {
+		return nil, fmt.Errorf("proxy URL %q: want http://host:port", raw)
+	}
+	return func(*url.URL) (*url.URL, error) { return u, nil }, nil
+}
+
+// dialMaybeProxy opens TCP to addr, directly or through an HTTP CONNECT proxy.
+func dialMaybeProxy(ctx context.Context, addr string, proxy ProxyFunc) (net.Conn, error) {
+	var d net.Dialer
+	var pu *url.URL
+	if proxy != nil {
+		var err error
+		if pu, err = proxy(&url.URL{Scheme: "https", Host: addr}); err != nil {
+			return nil, fmt.Errorf("choose proxy for %s: %w", addr, err)
+		}
+	}
+	if pu == nil {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("dial %s: %w", addr, err)
+		}
+		return c, nil
+	}
+	c, err := d.DialContext(ctx, "tcp", pu.Host)
+	if err != nil {
+		return nil, fmt.Errorf("dial proxy %s: %w", pu.Host, err)
+	}
+	if err := connect(ctx, c, addr, pu); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func connect(ctx context.Context, c net.Conn, addr string, pu *url.URL) error {
+	deadline := time.Now().Add(10 * time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = c.SetDeadline(deadline)
+	defer c.SetDeadline(time.Time{})
+	req := &http.Request{Method: http.MethodConnect, URL: &url.URL{Opaque: addr}, Host: addr, Header: http.Header{}}
+	if u := pu.User; u != nil {
+		pass, _ := u.Password()
+		req.Header.Set("Proxy-Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(u.Username()+":"+pass)))
+	}
+	if err := req.Write(c); err != nil {
+		return fmt.Errorf("proxy %s: send CONNECT: %w", pu.Host, err)
+	}
+	// The proxy's answer is read byte-exactly: anything it buffered past the header
+	// would belong to TLS, and a CONNECT answer carries no body.
+	resp, err := http.ReadResponse(bufio.NewReaderSize(oneByteReader{c}, 1), req)
+	if err != nil {
+		return fmt.Errorf("proxy %s: read CONNECT answer: %w", pu.Host, err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("proxy %s refused CONNECT to %s: %s (check --proxy credentials and the proxy's allowed ports)", pu.Host, addr, resp.Status)
+	}
+	return nil
+}
+
+// oneByteReader keeps bufio from reading past the proxy's header.
+type oneByteReader struct{ c net.Conn }
+
+func (r oneByteReader) Read(p []byte) (int, error) {
+	if len(p) > 1 {
+		p = p[:1]
+	}
+	return r.c.Read(p)
+}
