@@ -34,7 +34,7 @@ const (
 	TPing        Type = 'p' // edge → core on the control stream
 	TPong        Type = 'q' // core → edge
 	TAck         Type = 'a' // edge → core: pub cursor re-published
-	TSubscribe   Type = 'S' // edge → core, first record of the pub stream
+	TSubscribe   Type = 'S' // edge → core: first record of the pub stream; core → edge: where it starts
 	TPub         Type = 'P' // core → edge: one numbered publication
 	TGap         Type = 'G' // core → edge: publications that can no longer be replayed
 	TRequest     Type = 'R' // edge → core, first record of a request stream

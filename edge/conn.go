@@ -1,0 +1,394 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/salt-broker/salt-broker/internal/wire"
+	"github.com/salt-broker/salt-broker/tunnel"
+)
+
+// conn is one live tunnel connection to the core and everything running on it.
+type conn struct {
+	e      *Edge
+	sess   tunnel.Session
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	log    *slog.Logger
+	ack    wire.HelloAck
+	wg     sync.WaitGroup
+
+	lastPong atomic.Int64 // unix nanos
+	rtt      atomic.Int64 // nanos
+}
+
+var errStalled = errors.New("connection stalled: no answer from the core")
+
+// connectLoop keeps one connection to the core up for as long as ctx lives.
+func (e *Edge) connectLoop(ctx context.Context) {
+	var lastUp time.Time
+	failures := 0
+	for ctx.Err() == nil {
+		sess, err := e.dialRacing(ctx, lastUp, &failures)
+		if err != nil {
+			return // ctx ended
+		}
+		c, err := e.handshake(ctx, sess)
+		if err != nil {
+			failures++
+			e.metrics.connectFailures.Inc()
+			e.log.Warn("core refused or broke the handshake; retrying", "err", err, "attempt", failures)
+			_ = sess.CloseWithError("handshake failed")
+			if !sleepCtx(ctx, e.backoff(lastUp, failures)) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		lastUp = time.Now()
+		e.metrics.connected.Set(1)
+		e.metrics.transport.Reset()
+		e.metrics.transport.WithLabelValues(sess.Transport()).Set(1)
+		e.setConn(c)
+		reason := c.run()
+		e.setConn(nil)
+		e.metrics.connected.Set(0)
+		e.metrics.reconnects.Inc()
+		lastUp = time.Now()
+		if ctx.Err() == nil {
+			e.log.Warn("connection to the core lost; reconnecting", "reason", reason, "pending_requests", e.reqs.size())
+		}
+	}
+}
+
+// backoff is short while the core was reachable in the last minutes — a returning
+// link must be noticed within about a second — and grows towards MaxBackoff after
+// long failure, so a core that is gone is not hammered.
+func (e *Edge) backoff(lastUp time.Time, failures int) time.Duration {
+	base := e.cfg.ProbeInterval
+	if lastUp.IsZero() || time.Since(lastUp) > 5*time.Minute {
+		for i := 1; i < failures && base < e.cfg.MaxBackoff; i++ {
+			base *= 2
+		}
+		base = min(base, e.cfg.MaxBackoff)
+	}
+	// ±20 % jitter so a fleet of edges does not reconnect in lock step.
+	return time.Duration(float64(base) * (0.8 + 0.4*rand.Float64()))
+}
+
+// dialRacing starts a fresh attempt every backoff interval without waiting for the
+// previous one to fail (a handshake started during a blackout retransmits with its own
+// growing backoff), and returns the first that completes.
+func (e *Edge) dialRacing(ctx context.Context, lastUp time.Time, failures *int) (tunnel.Session, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make(chan tunnel.Session)
+	var attempts sync.WaitGroup
+	defer attempts.Wait()
+	const maxConcurrent = 4
+	sem := make(chan struct{}, maxConcurrent)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case sess := <-results:
+			cancel()
+			return sess, nil
+		case <-timer.C:
+		}
+		select {
+		case sem <- struct{}{}:
+			attempts.Go(func() {
+				defer func() { <-sem }()
+				sess, err := tunnel.Dial(ctx, e.cfg.CoreAddr, e.cfg.Tunnel, e.cfg.Dial)
+				if err != nil {
+					if ctx.Err() == nil {
+						e.log.Debug("connection attempt failed", "core", e.cfg.CoreAddr, "err", err)
+					}
+					return
+				}
+				select {
+				case results <- sess:
+				case <-ctx.Done():
+					_ = sess.CloseWithError("another attempt won")
+				}
+			})
+		default:
+		}
+		*failures++
+		timer.Reset(e.backoff(lastUp, *failures))
+	}
+}
+
+// handshake opens the control stream and exchanges hello: the first I/O on a new
+// connection, which is also where a certificate the core rejects shows up.
+func (e *Edge) handshake(ctx context.Context, sess tunnel.Session) (*conn, error) {
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := sess.OpenStream(hctx)
+	if err != nil {
+		return nil, fmt.Errorf("open control stream: %w", err)
+	}
+	stop := context.AfterFunc(hctx, func() { _ = st.Close() })
+	defer stop()
+	epoch, cursor := e.cursor.get()
+	hello := wire.Hello{Version: wire.Version, EdgeName: e.cfg.Name, EdgeSession: e.session, CoreEpoch: epoch, PubCursor: cursor, Pending: uint32(e.reqs.size())}
+	_ = st.SetWriteDeadline(time.Now().Add(e.cfg.WriteTimeout))
+	if err := wire.Write(st, wire.THello, hello.Encode()); err != nil {
+		return nil, fmt.Errorf("send hello: %w", err)
+	}
+	rd := wire.NewReader(st, 64<<10)
+	typ, body, err := rd.Next()
+	if err != nil {
+		return nil, fmt.Errorf("read hello answer (a core that rejects this edge's certificate closes here): %w", err)
+	}
+	switch typ {
+	case wire.THelloAck:
+	case wire.TReject:
+		return nil, fmt.Errorf("core rejected this edge: %s", body)
+	default:
+		return nil, fmt.Errorf("unexpected %s in answer to hello: %w", typ, wire.ErrMalformed)
+	}
+	ack, err := wire.DecodeHelloAck(body)
+	if err != nil {
+		return nil, fmt.Errorf("decode hello answer: %w", err)
+	}
+	stop()
+	cctx, ccancel := context.WithCancelCause(ctx)
+	c := &conn{
+		e: e, sess: sess, ctx: cctx, cancel: ccancel, ack: ack,
+		log: e.log.With("core", ack.CoreName, "remote", sess.RemoteAddr(), "transport", sess.Transport()),
+	}
+	c.lastPong.Store(time.Now().UnixNano())
+	c.wg.Go(func() { c.runControl(st, rd) })
+	c.log.Info("connected to the core", "core_epoch", ack.CoreEpoch, "core_head_seq", ack.HeadSeq,
+		"pub_cursor", cursor, "pending_requests", hello.Pending)
+	return c, nil
+}
+
+// run serves the connection until it ends, and returns why.
+func (c *conn) run() error {
+	stopSess := context.AfterFunc(c.sess.Context(), func() { c.cancel(context.Cause(c.sess.Context())) })
+	defer stopSess()
+	c.wg.Go(c.runPubs)
+	<-c.ctx.Done()
+	reason := context.Cause(c.ctx)
+	_ = c.sess.CloseWithError(reason.Error())
+	c.wg.Wait()
+	return reason
+}
+
+// runControl sends pings and cursor acks, and reads pongs. No pong for StallTimeout
+// means the connection makes no progress: end it so a fresh one is raced.
+func (c *conn) runControl(st tunnel.Stream, rd *wire.Reader) {
+	defer st.Close()
+	stop := context.AfterFunc(c.ctx, func() { _ = st.Close() })
+	defer stop()
+	c.wg.Go(func() {
+		for {
+			typ, body, err := rd.Next()
+			if err != nil {
+				c.cancel(fmt.Errorf("control stream: %w", err))
+				return
+			}
+			if typ != wire.TPong {
+				c.cancel(fmt.Errorf("unexpected %s on the control stream: %w", typ, wire.ErrMalformed))
+				return
+			}
+			if sent, err := wire.DecodeU64(body); err == nil {
+				now := time.Now().UnixNano()
+				c.rtt.Store(now - int64(sent))
+				c.lastPong.Store(now)
+				c.e.metrics.rtt.Set(time.Duration(now - int64(sent)).Seconds())
+			}
+		}
+	})
+	t := time.NewTicker(c.e.cfg.PingInterval)
+	defer t.Stop()
+	var acked uint64
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if since := time.Since(time.Unix(0, c.lastPong.Load())); since > c.e.cfg.StallTimeout {
+			c.e.metrics.stalls.Inc()
+			c.cancel(fmt.Errorf("%w for %s", errStalled, since.Round(time.Millisecond)))
+			return
+		}
+		buf := wire.Append(nil, wire.TPing, wire.U64Body(uint64(time.Now().UnixNano())))
+		if _, cur := c.e.cursor.get(); cur != acked {
+			buf = wire.Append(buf, wire.TAck, wire.U64Body(cur))
+			acked = cur
+		}
+		_ = st.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
+		if _, err := st.Write(buf); err != nil {
+			c.cancel(fmt.Errorf("control stream write: %w", err))
+			return
+		}
+	}
+}
+
+// runPubs resumes the publication stream from the edge's cursor and re-publishes
+// every publication to the minions, in order.
+func (c *conn) runPubs() {
+	e := c.e
+	if !e.cursor.waitForMinions(c.ctx, e.pub, e.cfg.ReplayHold, c.log) {
+		return
+	}
+	st, err := c.sess.OpenStream(c.ctx)
+	if err != nil {
+		c.cancel(fmt.Errorf("open publication stream: %w", err))
+		return
+	}
+	defer st.Close()
+	stop := context.AfterFunc(c.ctx, func() { _ = st.Close() })
+	defer stop()
+	epoch, cursor := e.cursor.get()
+	_ = st.SetWriteDeadline(time.Now().Add(e.cfg.WriteTimeout))
+	if err := wire.Write(st, wire.TSubscribe, wire.Subscribe{CoreEpoch: epoch, Cursor: cursor}.Encode()); err != nil {
+		c.cancel(fmt.Errorf("subscribe: %w", err))
+		return
+	}
+	_ = st.SetWriteDeadline(time.Time{})
+	rd := wire.NewReader(st, e.cfg.MaxMessageSize+64<<10)
+	for {
+		typ, body, err := rd.Next()
+		if err != nil {
+			c.cancel(fmt.Errorf("publication stream: %w", err))
+			return
+		}
+		switch typ {
+		case wire.TSubscribe: // the core says where it starts
+			s, err := wire.DecodeSubscribe(body)
+			if err != nil {
+				c.cancel(fmt.Errorf("decode subscribe answer: %w", err))
+				return
+			}
+			e.cursor.set(s.CoreEpoch, s.Cursor)
+			cursor = s.Cursor
+		case wire.TPub:
+			p, err := wire.DecodePub(body)
+			if err != nil {
+				c.cancel(fmt.Errorf("decode publication: %w", err))
+				return
+			}
+			if p.Seq <= cursor {
+				e.metrics.pubDuplicates.Inc()
+				continue
+			}
+			if p.Seq != cursor+1 {
+				c.log.Warn("publication sequence jumped", "expected", cursor+1, "got", p.Seq)
+				e.metrics.gapPubs.Add(float64(p.Seq - cursor - 1))
+			}
+			e.pub.Publish(wire.CloneFrames(p.Frames))
+			e.metrics.pubs.Inc()
+			cursor = p.Seq
+			e.cursor.setCursor(cursor)
+		case wire.TGap:
+			g, err := wire.DecodeGap(body)
+			if err != nil {
+				c.cancel(fmt.Errorf("decode gap: %w", err))
+				return
+			}
+			n := g.To - g.From + 1
+			e.metrics.gapPubs.Add(float64(n))
+			c.log.Warn("publications lost in an outage longer than the core's replay window; minions will miss these jobs",
+				"from_seq", g.From, "to_seq", g.To, "count", n)
+			cursor = g.To
+			e.cursor.setCursor(cursor)
+		default:
+			c.cancel(fmt.Errorf("unexpected %s on the publication stream: %w", typ, wire.ErrMalformed))
+			return
+		}
+	}
+}
+
+// goRequest carries one request on its own stream of this connection.
+func (c *conn) goRequest(r *edgeReq) {
+	c.wg.Go(func() {
+		switch err := c.exchange(r); {
+		case err == nil:
+		case c.ctx.Err() != nil:
+			c.e.reqs.requeue(r) // the next connection re-sends it under the same ID
+		default:
+			c.log.Debug("request stream failed; re-sending", "err", err)
+			if sleepCtx(c.ctx, 200*time.Millisecond) {
+				c.e.reqs.requeue(r)
+			} else {
+				c.e.reqs.requeue(r)
+			}
+		}
+	})
+}
+
+// exchange sends r and waits for its reply or refusal. An error means the outcome is
+// unknown and the request must be re-sent.
+func (c *conn) exchange(r *edgeReq) error {
+	e := c.e
+	st, err := c.sess.OpenStream(c.ctx)
+	if err != nil {
+		return fmt.Errorf("open request stream: %w", err)
+	}
+	defer st.Close()
+	stop := context.AfterFunc(c.ctx, func() { _ = st.Close() })
+	defer stop()
+	_ = st.SetWriteDeadline(time.Now().Add(e.cfg.WriteTimeout))
+	r.everSent = true
+	if err := wire.Write(st, wire.TRequest, wire.Request{ID: r.id, Frames: r.body}.Encode()); err != nil {
+		return fmt.Errorf("send request: %w", err)
+	}
+	rd := wire.NewReader(st, e.cfg.MaxMessageSize+64<<10)
+	typ, body, err := rd.Next()
+	if err != nil {
+		return fmt.Errorf("read reply: %w", err)
+	}
+	switch typ {
+	case wire.TReply:
+		rep, err := wire.DecodeReply(body)
+		if err != nil || rep.ID != r.id {
+			return fmt.Errorf("bad reply record for request %d: %w", r.id, wire.ErrMalformed)
+		}
+		e.deliver(r, wire.CloneFrames(rep.Frames))
+		_ = st.SetWriteDeadline(time.Now().Add(e.cfg.WriteTimeout))
+		_ = wire.Write(st, wire.TDone, wire.U64Body(r.id))
+		_ = st.CloseWrite()
+		return nil
+	case wire.TRefused:
+		ref, err := wire.DecodeRefused(body)
+		if err != nil {
+			return fmt.Errorf("bad refusal for request %d: %w", r.id, err)
+		}
+		e.refused(r, ref)
+		return nil
+	default:
+		return fmt.Errorf("unexpected %s answering request %d: %w", typ, r.id, wire.ErrMalformed)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func slogLevelFor(code byte) slog.Level {
+	if code == wire.RefusedCancelled {
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
+}

@@ -1,0 +1,209 @@
+// Package edge is the minion side of salt-broker: it serves the minions' ZeroMQ
+// sockets (PUB on the publish port, ROUTER on the ret port, through the hardened
+// internal/zmtp server) and carries them over one tunnel connection to the core.
+// It keeps every request until its reply arrives, re-sending it under the same ID on
+// the next connection, and resumes the publication stream from its cursor.
+package edge
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/salt-broker/salt-broker/internal/zmtp"
+	"github.com/salt-broker/salt-broker/tunnel"
+)
+
+// Defaults of the request class policy.
+const (
+	DefaultAuthMaxAge    = 30 * time.Second
+	DefaultRequestMaxAge = 15 * time.Minute
+)
+
+// Config is everything the edge needs; cmd/broker fills it from flags.
+type Config struct {
+	Name     string // for logs and the hello; defaults to the host name
+	CoreAddr string // host:port of the core
+	Bind     string // address minions use as `master`
+	PubPort  int    // the port the master announces as publish_port
+	RetPort  int    // the master's ret_port
+	Tunnel   tunnel.Config
+	Dial     tunnel.DialOptions
+	ZMTP     zmtp.Options
+	StateDir string // where the publication cursor survives restarts; "" = not kept
+
+	MaxPending     int           // requests held unanswered; past it new ones are dropped (the minion retries)
+	AuthMaxAge     time.Duration // an auth request older than this is stale: the minion has retried already
+	RequestMaxAge  time.Duration // any other request older than this is dropped unsent
+	MaxMessageSize int
+	WriteTimeout   time.Duration
+	PingInterval   time.Duration // control-stream pings: RTT and liveness
+	StallTimeout   time.Duration // no pong for this long: the connection is stalled, probe for a new one
+	ProbeInterval  time.Duration // while down, a fresh connection attempt is started this often
+	MaxBackoff     time.Duration // after long failure, attempts slow down to this
+	ReplayHold     time.Duration // after a restart, wait this long at most for minions to re-subscribe before replaying
+
+	Logger   *slog.Logger
+	Registry prometheus.Registerer
+}
+
+// Defaults fills what is unset with the documented defaults.
+func (c *Config) Defaults() {
+	if c.Bind == "" {
+		c.Bind = "0.0.0.0"
+	}
+	if c.PubPort == 0 {
+		c.PubPort = 4505
+	}
+	if c.RetPort == 0 {
+		c.RetPort = 4506
+	}
+	if c.MaxPending == 0 {
+		c.MaxPending = 20_000
+	}
+	if c.AuthMaxAge == 0 {
+		c.AuthMaxAge = DefaultAuthMaxAge
+	}
+	if c.RequestMaxAge == 0 {
+		c.RequestMaxAge = DefaultRequestMaxAge
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = 64 << 20
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 30 * time.Second
+	}
+	if c.PingInterval == 0 {
+		c.PingInterval = 250 * time.Millisecond
+	}
+	if c.StallTimeout == 0 {
+		c.StallTimeout = 2 * time.Second
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = 500 * time.Millisecond
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = 10 * time.Second
+	}
+	if c.ReplayHold == 0 {
+		c.ReplayHold = 15 * time.Second
+	}
+	if c.ZMTP.MaxMessageSize == 0 {
+		c.ZMTP.MaxMessageSize = int64(c.MaxMessageSize)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.ZMTP.Logger == nil {
+		c.ZMTP.Logger = c.Logger.With("component", "zmtp")
+	}
+}
+
+// Edge serves minions. Create it with New (which binds the minion ports), then Run it.
+type Edge struct {
+	cfg     Config
+	log     *slog.Logger
+	session uint64
+	pub     *zmtp.Pub
+	router  *zmtp.Router
+	reqs    *reqTable
+	cursor  *cursorState
+	metrics *metrics
+
+	connMu sync.Mutex
+	conn   *conn         // the live connection, nil while down
+	connUp chan struct{} // closed and replaced whenever a connection comes up
+}
+
+// New binds the minion-facing PUB and ROUTER at once, whether or not the core is reachable.
+func New(cfg Config) (*Edge, error) {
+	cfg.Defaults()
+	if cfg.CoreAddr == "" {
+		return nil, errors.New("the core's address is required (--core host:port)")
+	}
+	e := &Edge{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "edge"),
+		session: randomU64(),
+		connUp:  make(chan struct{}),
+	}
+	e.reqs = newReqTable(e)
+	cs, err := loadCursor(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	e.cursor = cs
+	zo := cfg.ZMTP
+	zo.OnPeerGone = e.reqs.peerGone
+	pubAddr := net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.PubPort))
+	if e.pub, err = zmtp.ListenPub(pubAddr, zo); err != nil {
+		return nil, fmt.Errorf("bind the minions' publish port %s: %w", pubAddr, err)
+	}
+	retAddr := net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.RetPort))
+	if e.router, err = zmtp.ListenRouter(retAddr, zo); err != nil {
+		_ = e.pub.Close()
+		return nil, fmt.Errorf("bind the minions' ret port %s: %w", retAddr, err)
+	}
+	e.metrics = newMetrics(e, cfg.Registry)
+	return e, nil
+}
+
+// PubAddr is where minions' SUB sockets connect.
+func (e *Edge) PubAddr() net.Addr { return e.pub.Addr() }
+
+// RetAddr is where minions' REQ sockets connect.
+func (e *Edge) RetAddr() net.Addr { return e.router.Addr() }
+
+// Run serves until ctx ends, then closes the minion sockets and the tunnel.
+func (e *Edge) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	e.log.Info("edge started", "pub", e.pub.Addr(), "ret", e.router.Addr(), "core", e.cfg.CoreAddr,
+		"transport", e.cfg.Dial.Mode, "edge_session", fmt.Sprintf("%016x", e.session))
+	var wg sync.WaitGroup
+	wg.Go(func() { e.recvLoop(ctx) })
+	wg.Go(func() { e.dispatchLoop(ctx) })
+	wg.Go(func() { e.cursor.saveLoop(ctx, e.log, e.pub) })
+	e.connectLoop(ctx)
+	cancel()
+	_ = e.router.Close()
+	_ = e.pub.Close()
+	wg.Wait()
+	if err := e.cursor.save(e.pub); err != nil {
+		e.log.Error("saving the publication cursor failed; after a restart this edge resumes from the core's head", "err", err)
+	}
+	e.log.Info("edge stopped")
+	return nil
+}
+
+// currentConn returns the live connection and a channel closed when the next one comes up.
+func (e *Edge) currentConn() (*conn, <-chan struct{}) {
+	e.connMu.Lock()
+	defer e.connMu.Unlock()
+	return e.conn, e.connUp
+}
+
+func (e *Edge) setConn(c *conn) {
+	e.connMu.Lock()
+	defer e.connMu.Unlock()
+	e.conn = c
+	if c != nil {
+		close(e.connUp)
+		e.connUp = make(chan struct{})
+	}
+}
+
+func randomU64() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return binary.BigEndian.Uint64(b[:]) | 1
+}

@@ -1,0 +1,245 @@
+package edge
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/salt-broker/salt-broker/internal/saltmsg"
+	"github.com/salt-broker/salt-broker/internal/wire"
+	"github.com/salt-broker/salt-broker/internal/zmtp"
+)
+
+type reqState int
+
+const (
+	reqWaiting reqState = iota // in the queue for the next stream
+	reqSending                 // on a stream now
+)
+
+// edgeReq is one minion request the edge holds until its reply arrives.
+type edgeReq struct {
+	id       uint64
+	identity []byte   // the minion socket's routing id
+	envelope [][]byte // frames up to the empty delimiter, echoed on the reply
+	body     [][]byte // what the master gets
+	env      saltmsg.Envelope
+	created  time.Time
+
+	state    reqState
+	everSent bool // written to a stream at least once: it may have reached the core
+	peerGone bool // the minion socket that asked has closed
+}
+
+// reqTable holds unanswered requests. A request leaves it exactly once: with its
+// reply delivered, refused by the core, or dropped by its class policy.
+type reqTable struct {
+	e *Edge
+
+	mu      sync.Mutex
+	byID    map[uint64]*edgeReq
+	waiting []uint64 // FIFO of requests to put on a stream
+	nextID  uint64
+	kick    chan struct{}
+}
+
+func newReqTable(e *Edge) *reqTable {
+	return &reqTable{e: e, byID: make(map[uint64]*edgeReq), kick: make(chan struct{}, 1)}
+}
+
+func (t *reqTable) wake() {
+	select {
+	case t.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (t *reqTable) size() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byID)
+}
+
+// add accepts a request; false when the table is full.
+func (t *reqTable) add(r *edgeReq) bool {
+	t.mu.Lock()
+	if len(t.byID) >= t.e.cfg.MaxPending {
+		t.mu.Unlock()
+		return false
+	}
+	t.nextID++
+	r.id = t.nextID
+	t.byID[r.id] = r
+	t.waiting = append(t.waiting, r.id)
+	t.mu.Unlock()
+	t.wake()
+	return true
+}
+
+// takeWaiting returns the requests to put on streams now, applying the class policy
+// to each: stale or orphaned auth requests and over-age requests are dropped here,
+// so an outage never ends in a flood of requests nobody waits for (DESIGN §3.4).
+func (t *reqTable) takeWaiting(now time.Time) []*edgeReq {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]*edgeReq, 0, len(t.waiting))
+	for _, id := range t.waiting {
+		r := t.byID[id]
+		if r == nil || r.state != reqWaiting {
+			continue
+		}
+		age := now.Sub(r.created)
+		switch {
+		case r.env.Class == saltmsg.ClassAuth && (r.peerGone || age > t.e.cfg.AuthMaxAge):
+			delete(t.byID, id)
+			t.e.metrics.dropped.WithLabelValues("stale_auth").Inc()
+			continue
+		case age > t.e.cfg.RequestMaxAge:
+			delete(t.byID, id)
+			t.e.metrics.dropped.WithLabelValues("expired").Inc()
+			t.e.log.Warn("request dropped unsent: older than --request-max-age", "minion", r.env.ID, "class", r.env.Class, "age", age.Round(time.Second))
+			continue
+		}
+		r.state = reqSending
+		out = append(out, r)
+	}
+	t.waiting = t.waiting[:0]
+	return out
+}
+
+// requeue puts a request whose stream failed back in line for the next connection.
+func (t *reqTable) requeue(r *edgeReq) {
+	t.mu.Lock()
+	if t.byID[r.id] == r {
+		r.state = reqWaiting
+		t.waiting = append(t.waiting, r.id)
+	}
+	t.mu.Unlock()
+	t.wake()
+}
+
+// finish removes a request; only the first caller gets true, which is what makes
+// every reply reach its minion at most once.
+func (t *reqTable) finish(r *edgeReq) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.byID[r.id] != r {
+		return false
+	}
+	delete(t.byID, r.id)
+	return true
+}
+
+// peerGone is zmtp's callback when a minion socket closes. Its unsent auth requests
+// are dropped at once (the minion retries auth with identical bytes on a new socket);
+// everything else is kept: a job return must reach the master even if its minion gave up.
+func (t *reqTable) peerGone(identity []byte) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id, r := range t.byID {
+		if !bytes.Equal(r.identity, identity) {
+			continue
+		}
+		r.peerGone = true
+		if r.env.Class == saltmsg.ClassAuth && r.state == reqWaiting {
+			delete(t.byID, id)
+			t.e.metrics.dropped.WithLabelValues("stale_auth").Inc()
+		}
+	}
+}
+
+// recvLoop takes minion requests from the ROUTER.
+func (e *Edge) recvLoop(ctx context.Context) {
+	for {
+		msg, err := e.router.Recv(ctx)
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, zmtp.ErrClosed) {
+				e.log.Error("receiving minion requests stopped", "err", err)
+			}
+			return
+		}
+		e.accept(msg)
+	}
+}
+
+func (e *Edge) accept(msg zmtp.Message) {
+	// A REQ sends ["", body...]; the envelope is everything up to the first empty frame.
+	split := 0
+	for i, f := range msg.Frames {
+		if len(f) == 0 {
+			split = i + 1
+			break
+		}
+	}
+	r := &edgeReq{
+		identity: msg.Identity,
+		envelope: msg.Frames[:split],
+		body:     msg.Frames[split:],
+		created:  time.Now(),
+	}
+	if len(r.body) > 0 {
+		r.env, _ = saltmsg.Parse(r.body[0])
+	}
+	e.metrics.requestsIn.WithLabelValues(r.env.Class.String()).Inc()
+	if !e.reqs.add(r) {
+		e.metrics.dropped.WithLabelValues("table_full").Inc()
+		e.log.Warn("request dropped: the edge holds --max-pending requests already; the minion will retry", "minion", r.env.ID, "remote", msg.Remote, "limit", e.cfg.MaxPending)
+	}
+}
+
+// dispatchLoop puts waiting requests on streams of the live connection.
+func (e *Edge) dispatchLoop(ctx context.Context) {
+	for {
+		c, up := e.currentConn()
+		if c == nil {
+			select {
+			case <-up:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		for _, r := range e.reqs.takeWaiting(time.Now()) {
+			c.goRequest(r)
+		}
+		select {
+		case <-e.reqs.kick:
+		case <-c.ctx.Done():
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// deliver hands a reply to the minion that asked, once.
+func (e *Edge) deliver(r *edgeReq, reply [][]byte) {
+	if !e.reqs.finish(r) {
+		e.metrics.dropped.WithLabelValues("duplicate_reply").Inc()
+		return
+	}
+	e.metrics.latency.Observe(time.Since(r.created).Seconds())
+	frames := make([][]byte, 0, len(r.envelope)+len(reply))
+	frames = append(frames, r.envelope...)
+	frames = append(frames, reply...)
+	switch err := e.router.Send(r.identity, frames); {
+	case err == nil:
+		e.metrics.replies.WithLabelValues("delivered").Inc()
+	case errors.Is(err, zmtp.ErrUnknownPeer):
+		e.metrics.replies.WithLabelValues("minion_gone").Inc()
+	default:
+		e.metrics.replies.WithLabelValues("send_failed").Inc()
+		e.log.Warn("reply could not be queued to its minion", "minion", r.env.ID, "err", err)
+	}
+}
+
+// refused ends a request the core will not answer; the minion's own retry takes over.
+func (e *Edge) refused(r *edgeReq, ref wire.Refused) {
+	if !e.reqs.finish(r) {
+		return
+	}
+	e.metrics.replies.WithLabelValues("refused").Inc()
+	level := slogLevelFor(ref.Code)
+	e.log.Log(context.Background(), level, "the core refused a request; the minion will retry it", "minion", r.env.ID, "class", r.env.Class, "reason", ref.Reason)
+}

@@ -1,0 +1,726 @@
+// Package zmtp is the edge's hardened ZeroMQ server: ZMTP 3.0/3.1 with the NULL
+// mechanism, PUB and ROUTER only, written for sockets that face every minion of a
+// site and anything else on its LAN. Each peer has its own reader and writer with a
+// bounded queue, a handshake deadline and write deadlines, and every message has a
+// maximum size checked before allocation, so one bad or slow peer can never hurt
+// another (zmq4 v0.17.0 fails exactly there: see DESIGN §5).
+package zmtp
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options bound and tune a server. Zero values take the defaults.
+type Options struct {
+	HandshakeTimeout  time.Duration // greeting and READY must complete within this (10s)
+	MaxMessageSize    int64         // bytes of one message, frames summed (64 MiB)
+	MaxPeers          int           // connections at once; more are closed at accept (20000)
+	SendQueue         int           // messages queued per peer (1000, like libzmq's HWM)
+	WriteTimeout      time.Duration // a peer not reading for this long is disconnected (15s)
+	ReadBufferSize    int           // per-peer read buffer (4 KiB)
+	RecvQueue         int           // ROUTER: messages waiting for Recv, all peers (4096)
+	HeartbeatInterval time.Duration // send PING this often (0: never; PINGs are always answered)
+	HeartbeatTimeout  time.Duration // drop a peer silent this long after our PING (3 × interval)
+	Logger            *slog.Logger
+	OnPeerGone        func(identity []byte) // ROUTER: a peer's connection ended; must not block
+}
+
+func (o Options) withDefaults() Options {
+	if o.HandshakeTimeout == 0 {
+		o.HandshakeTimeout = 10 * time.Second
+	}
+	if o.MaxMessageSize == 0 {
+		o.MaxMessageSize = 64 << 20
+	}
+	if o.MaxPeers == 0 {
+		o.MaxPeers = 20_000
+	}
+	if o.SendQueue == 0 {
+		o.SendQueue = 1000
+	}
+	if o.WriteTimeout == 0 {
+		o.WriteTimeout = 15 * time.Second
+	}
+	if o.ReadBufferSize == 0 {
+		o.ReadBufferSize = 4 << 10
+	}
+	if o.RecvQueue == 0 {
+		o.RecvQueue = 4096
+	}
+	if o.HeartbeatInterval > 0 && o.HeartbeatTimeout == 0 {
+		o.HeartbeatTimeout = 3 * o.HeartbeatInterval
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// Errors of Router.Send and Recv.
+var (
+	ErrUnknownPeer = errors.New("zmtp: no peer with that identity")
+	ErrQueueFull   = errors.New("zmtp: peer's send queue is full")
+	ErrClosed      = errors.New("zmtp: server closed")
+)
+
+// Stats are a server's counters.
+type Stats struct {
+	Peers             int64
+	PeersAccepted     uint64
+	BytesIn, BytesOut uint64
+	MsgsIn, MsgsOut   uint64
+	Drops             map[string]uint64
+	HandshakeFailures map[string]uint64
+}
+
+type kind int
+
+const (
+	kindPub kind = iota
+	kindRouter
+)
+
+func (k kind) socketType() string {
+	if k == kindPub {
+		return "PUB"
+	}
+	return "ROUTER"
+}
+
+func (k kind) accepts(peer string) bool {
+	switch k {
+	case kindPub:
+		return peer == "SUB" || peer == "XSUB"
+	default:
+		return peer == "REQ" || peer == "DEALER" || peer == "ROUTER"
+	}
+}
+
+// server is what PUB and ROUTER share: accepting, handshakes, peer goroutines, counters.
+type server struct {
+	kind  kind
+	opts  Options
+	ln    net.Listener
+	log   *slog.Logger
+	ctx   context.Context
+	stop  context.CancelFunc
+	wg    sync.WaitGroup
+	conns atomic.Int64 // connections open, handshaking ones included
+
+	mu    sync.RWMutex
+	peers map[*peer]struct{}
+
+	onReady func(p *peer) bool // registers a peer after its handshake; false refuses it
+	onGone  func(p *peer)
+	onMsg   func(p *peer, frames [][]byte)
+
+	peersNow                                     atomic.Int64
+	accepted, bytesIn, bytesOut, msgsIn, msgsOut atomic.Uint64
+	statMu                                       sync.Mutex
+	drops, hsFail                                map[string]uint64
+}
+
+func newServer(k kind, ln net.Listener, o Options) *server {
+	o = o.withDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &server{
+		kind: k, opts: o, ln: ln, ctx: ctx, stop: cancel,
+		log:   o.Logger.With("socket", k.socketType(), "addr", ln.Addr().String()),
+		peers: map[*peer]struct{}{}, drops: map[string]uint64{}, hsFail: map[string]uint64{},
+	}
+}
+
+func (s *server) countDrop(cause string, n uint64) {
+	s.statMu.Lock()
+	s.drops[cause] += n
+	s.statMu.Unlock()
+}
+
+func (s *server) stats() Stats {
+	s.statMu.Lock()
+	defer s.statMu.Unlock()
+	st := Stats{
+		Peers: s.peersNow.Load(), PeersAccepted: s.accepted.Load(),
+		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(), MsgsIn: s.msgsIn.Load(), MsgsOut: s.msgsOut.Load(),
+		Drops: map[string]uint64{}, HandshakeFailures: map[string]uint64{},
+	}
+	for k, v := range s.drops {
+		st.Drops[k] = v
+	}
+	for k, v := range s.hsFail {
+		st.HandshakeFailures[k] = v
+	}
+	return st
+}
+
+func (s *server) start() { s.wg.Go(s.acceptLoop) }
+
+func (s *server) acceptLoop() {
+	backoff := 5 * time.Millisecond
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return
+			}
+			// Out of file descriptors and the like: wait a little and go on, never spin.
+			s.log.Warn("accept failed; retrying", "err", err)
+			select {
+			case <-time.After(backoff):
+			case <-s.ctx.Done():
+				return
+			}
+			backoff = min(backoff*2, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		if s.conns.Add(1) > int64(s.opts.MaxPeers) {
+			s.conns.Add(-1)
+			s.countDrop("max_peers", 1)
+			s.log.Warn("connection refused: too many peers; raise --max-minions if this is a real load", "remote", c.RemoteAddr(), "limit", s.opts.MaxPeers)
+			_ = c.Close()
+			continue
+		}
+		s.accepted.Add(1)
+		s.wg.Go(func() { s.serve(c) })
+	}
+}
+
+func (s *server) close() error {
+	s.stop()
+	err := s.ln.Close()
+	s.mu.RLock()
+	for p := range s.peers {
+		p.shutdown()
+	}
+	s.mu.RUnlock()
+	s.wg.Wait()
+	return err
+}
+
+// item is one queued outbound message.
+type item struct {
+	frames  [][]byte
+	command bool
+}
+
+// peer is one connection. Its reader runs in serve; its writer in writeLoop.
+type peer struct {
+	s        *server
+	conn     net.Conn
+	remote   string
+	identity []byte
+
+	qmu    sync.Mutex
+	queue  []item
+	notify chan struct{} // cap 1: the writer has work
+	done   chan struct{}
+	once   sync.Once
+
+	subMu sync.RWMutex
+	subs  map[string]int // PUB: subscription → count
+	all   int            // PUB: count of "" subscriptions
+
+	lastRecv atomic.Int64
+}
+
+func (p *peer) shutdown() {
+	p.once.Do(func() {
+		close(p.done)
+		_ = p.conn.Close()
+	})
+}
+
+// enqueue adds a message unless the queue is full.
+func (p *peer) enqueue(it item) bool {
+	p.qmu.Lock()
+	if len(p.queue) >= p.s.opts.SendQueue {
+		p.qmu.Unlock()
+		return false
+	}
+	p.queue = append(p.queue, it)
+	p.qmu.Unlock()
+	select {
+	case p.notify <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+func (p *peer) take() []item {
+	p.qmu.Lock()
+	defer p.qmu.Unlock()
+	q := p.queue
+	p.queue = nil
+	return q
+}
+
+// serve runs one connection: handshake, then the reader, with a writer beside it.
+func (s *server) serve(c net.Conn) {
+	defer s.conns.Add(-1)
+	p := &peer{s: s, conn: c, remote: c.RemoteAddr().String(), notify: make(chan struct{}, 1), done: make(chan struct{})}
+	defer p.shutdown()
+	stop := context.AfterFunc(s.ctx, p.shutdown)
+	defer stop()
+
+	br := bufio.NewReaderSize(c, s.opts.ReadBufferSize)
+	props, err := s.handshake(c, br)
+	if err != nil {
+		cause := causeBadGreeting
+		var he *handshakeError
+		switch {
+		case errors.As(err, &he):
+			cause = he.cause
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			cause = causeTimeout
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), s.ctx.Err() != nil:
+			cause = causeClosed
+		}
+		s.statMu.Lock()
+		s.hsFail[cause]++
+		s.statMu.Unlock()
+		if cause != causeClosed {
+			s.log.Warn("ZeroMQ handshake failed; connection closed", "remote", p.remote, "cause", cause, "err", err)
+		}
+		return
+	}
+	p.identity = props["Identity"]
+	if s.kind == kindPub {
+		p.subs = map[string]int{}
+	}
+	if !s.onReady(p) {
+		return
+	}
+	s.mu.Lock()
+	s.peers[p] = struct{}{}
+	s.mu.Unlock()
+	s.peersNow.Add(1)
+	defer func() {
+		s.mu.Lock()
+		delete(s.peers, p)
+		s.mu.Unlock()
+		s.peersNow.Add(-1)
+		s.onGone(p)
+	}()
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer p.shutdown()
+	wg.Go(func() { s.writeLoop(p) })
+	s.readLoop(p, br)
+}
+
+// handshake exchanges greetings and READY within the handshake deadline.
+func (s *server) handshake(c net.Conn, br *bufio.Reader) (map[string][]byte, error) {
+	_ = c.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write(greeting()); err != nil {
+		return nil, err
+	}
+	g := make([]byte, greetingLen)
+	// The first 10 bytes tell a ZMTP 3 peer from an older or foreign one; stop there if so.
+	if _, err := io.ReadFull(br, g[:10]); err != nil {
+		return nil, err
+	}
+	if g[0] != 0xff || g[9]&0x01 == 0 {
+		return nil, hsErr(causeBadGreeting, "not a ZMTP 3 greeting (ZMTP 1.0/2.0 peers, libzmq < 4, are not supported; or not ZeroMQ at all)")
+	}
+	if _, err := io.ReadFull(br, g[10:]); err != nil {
+		return nil, err
+	}
+	if _, err := parseGreeting(g); err != nil {
+		return nil, err
+	}
+	ready := readyBody(map[string][]byte{"Socket-Type": []byte(s.kind.socketType())})
+	bw := bufio.NewWriterSize(c, 64)
+	if err := writeMessage(bw, [][]byte{ready}, true); err != nil {
+		return nil, err
+	}
+	if err := bw.Flush(); err != nil {
+		return nil, err
+	}
+	fr := frameReader{r: br, maxMessage: 64 << 10} // READY metadata is small
+	frames, isCmd, err := fr.readMessage()
+	if err != nil {
+		if errors.Is(err, errTooBig) {
+			return nil, hsErr(causeBadReady, "READY command too large: %v", err)
+		}
+		return nil, err
+	}
+	if !isCmd {
+		return nil, hsErr(causeBadReady, "expected READY, got a data frame")
+	}
+	name, data, err := parseCommand(frames[0])
+	if err != nil {
+		return nil, hsErr(causeBadReady, "%v", err)
+	}
+	if name == "ERROR" {
+		return nil, hsErr(causeBadReady, "peer sent ERROR: %q", data)
+	}
+	if name != "READY" {
+		return nil, hsErr(causeBadReady, "expected READY, got %q", name)
+	}
+	props, err := parseProperties(data)
+	if err != nil {
+		return nil, hsErr(causeBadReady, "%v", err)
+	}
+	if st := string(props["Socket-Type"]); !s.kind.accepts(st) {
+		return nil, hsErr(causeBadSocketType, "a %s socket cannot talk to %s (wrong port?)", st, s.kind.socketType())
+	}
+	if len(props["Identity"]) > 255 {
+		return nil, hsErr(causeBadReady, "identity longer than 255 bytes")
+	}
+	return props, nil
+}
+
+func (s *server) readLoop(p *peer, br *bufio.Reader) {
+	fr := frameReader{r: br, maxMessage: s.opts.MaxMessageSize}
+	for {
+		frames, isCmd, err := fr.readMessage()
+		if err != nil {
+			select {
+			case <-p.done:
+				return
+			default:
+			}
+			switch {
+			case errors.Is(err, errTooBig):
+				s.countDrop("too_big", 1)
+				s.log.Warn("peer sent a message over the maximum size; connection closed", "remote", p.remote, "err", err, "max", s.opts.MaxMessageSize)
+			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+			case errors.Is(err, io.ErrUnexpectedEOF):
+				s.log.Debug("peer closed mid-frame", "remote", p.remote)
+			default:
+				s.countDrop("protocol_error", 1)
+				s.log.Warn("peer broke the ZeroMQ protocol; connection closed", "remote", p.remote, "err", err)
+			}
+			return
+		}
+		p.lastRecv.Store(time.Now().UnixNano())
+		n := 0
+		for _, f := range frames {
+			n += len(f)
+		}
+		s.bytesIn.Add(uint64(n))
+		if isCmd {
+			if !s.handleCommand(p, frames[0]) {
+				return
+			}
+			continue
+		}
+		s.msgsIn.Add(1)
+		s.onMsg(p, frames)
+	}
+}
+
+// handleCommand answers PING, applies SUBSCRIBE/CANCEL; false ends the connection.
+func (s *server) handleCommand(p *peer, body []byte) bool {
+	name, data, err := parseCommand(body)
+	if err != nil {
+		s.log.Warn("malformed ZeroMQ command; connection closed", "remote", p.remote)
+		return false
+	}
+	switch name {
+	case "PING":
+		if len(data) < 2 {
+			return false
+		}
+		ctxData := data[2:]
+		if len(ctxData) > 16 {
+			ctxData = ctxData[:16]
+		}
+		if !p.enqueue(item{frames: [][]byte{command("PONG", ctxData)}, command: true}) {
+			s.countDrop("queue_full", 1)
+		}
+	case "PONG":
+	case "SUBSCRIBE":
+		if s.kind == kindPub {
+			p.subscribe(string(data), true)
+		}
+	case "CANCEL":
+		if s.kind == kindPub {
+			p.subscribe(string(data), false)
+		}
+	case "ERROR":
+		s.log.Info("peer sent ERROR and is closing", "remote", p.remote, "reason", string(data))
+		return false
+	default:
+		s.log.Debug("ignoring unknown ZeroMQ command", "remote", p.remote, "command", name)
+	}
+	return true
+}
+
+func (p *peer) subscribe(topic string, on bool) {
+	p.subMu.Lock()
+	defer p.subMu.Unlock()
+	switch {
+	case topic == "" && on:
+		p.all++
+	case topic == "":
+		p.all = max(0, p.all-1)
+	case on:
+		p.subs[topic]++
+	case p.subs[topic] > 1:
+		p.subs[topic]--
+	default:
+		delete(p.subs, topic)
+	}
+}
+
+func (p *peer) matches(topic []byte) bool {
+	p.subMu.RLock()
+	defer p.subMu.RUnlock()
+	if p.all > 0 {
+		return true
+	}
+	for sub := range p.subs {
+		if len(topic) >= len(sub) && string(topic[:len(sub)]) == sub {
+			return true
+		}
+	}
+	return false
+}
+
+// writeLoop sends what is queued, batching everything available into one flush,
+// each flush under a write deadline; and PINGs when heartbeats are on.
+func (s *server) writeLoop(p *peer) {
+	bw := bufio.NewWriterSize(p.conn, 4<<10)
+	var tick <-chan time.Time
+	if s.opts.HeartbeatInterval > 0 {
+		t := time.NewTicker(s.opts.HeartbeatInterval)
+		defer t.Stop()
+		tick = t.C
+		p.lastRecv.Store(time.Now().UnixNano())
+	}
+	for {
+		var batch []item
+		select {
+		case <-p.done:
+			return
+		case <-p.notify:
+			batch = p.take()
+		case <-tick:
+			if time.Since(time.Unix(0, p.lastRecv.Load())) > s.opts.HeartbeatTimeout {
+				s.countDrop("heartbeat_timeout", 1)
+				s.log.Info("peer silent past the heartbeat timeout; connection closed", "remote", p.remote)
+				p.shutdown()
+				return
+			}
+			ttl := binary.BigEndian.AppendUint16(nil, uint16(s.opts.HeartbeatTimeout/(100*time.Millisecond)))
+			batch = []item{{frames: [][]byte{command("PING", ttl)}, command: true}}
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		_ = p.conn.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
+		var n uint64
+		var err error
+		for _, it := range batch {
+			if err = writeMessage(bw, it.frames, it.command); err != nil {
+				break
+			}
+			for _, f := range it.frames {
+				n += uint64(len(f))
+			}
+		}
+		if err == nil {
+			err = bw.Flush()
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				s.countDrop("write_timeout", 1)
+				s.log.Warn("peer stopped reading; disconnected so it cannot hold up others", "remote", p.remote, "write_timeout", s.opts.WriteTimeout)
+			}
+			p.shutdown()
+			return
+		}
+		s.bytesOut.Add(n)
+		s.msgsOut.Add(uint64(len(batch)))
+	}
+}
+
+// Pub is a PUB socket server: Publish fans a message out to every subscribed peer.
+type Pub struct{ s *server }
+
+// ListenPub listens on addr (host:port) and serves PUB.
+func ListenPub(addr string, o Options) (*Pub, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return NewPub(ln, o), nil
+}
+
+// NewPub serves PUB on ln, which it owns from now on.
+func NewPub(ln net.Listener, o Options) *Pub {
+	s := newServer(kindPub, ln, o)
+	s.onReady = func(*peer) bool { return true }
+	s.onGone = func(*peer) {}
+	s.onMsg = func(p *peer, frames [][]byte) {
+		// ZMTP 3.0 subscriptions are data messages: 0x01 topic / 0x00 topic.
+		if len(frames) == 1 && len(frames[0]) > 0 && frames[0][0] <= 1 {
+			p.subscribe(string(frames[0][1:]), frames[0][0] == 1)
+		}
+	}
+	s.start()
+	return &Pub{s: s}
+}
+
+// Publish queues msg to every peer whose subscription is a prefix of msg's first
+// frame. It never blocks: a peer whose queue is full misses this message (counted).
+// The frames are shared by all peers and must not be changed afterwards.
+func (p *Pub) Publish(msg [][]byte) {
+	if len(msg) == 0 {
+		return
+	}
+	var full uint64
+	p.s.mu.RLock()
+	for peer := range p.s.peers {
+		if peer.matches(msg[0]) && !peer.enqueue(item{frames: msg}) {
+			full++
+		}
+	}
+	p.s.mu.RUnlock()
+	if full > 0 {
+		p.s.countDrop("queue_full", full)
+	}
+}
+
+// Addr is the listening address.
+func (p *Pub) Addr() net.Addr { return p.s.ln.Addr() }
+
+// Stats returns the counters.
+func (p *Pub) Stats() Stats { return p.s.stats() }
+
+// Close stops accepting and disconnects every peer.
+func (p *Pub) Close() error { return p.s.close() }
+
+// Message is one message a Router received.
+type Message struct {
+	Identity []byte
+	Frames   [][]byte
+	Remote   string
+}
+
+// Router is a ROUTER socket server.
+type Router struct {
+	s      *server
+	in     chan Message
+	nextID atomic.Uint32
+
+	idMu sync.Mutex
+	byID map[string]*peer
+}
+
+// ListenRouter listens on addr (host:port) and serves ROUTER.
+func ListenRouter(addr string, o Options) (*Router, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return NewRouter(ln, o), nil
+}
+
+// NewRouter serves ROUTER on ln, which it owns from now on.
+func NewRouter(ln net.Listener, o Options) *Router {
+	s := newServer(kindRouter, ln, o)
+	r := &Router{s: s, in: make(chan Message, s.opts.RecvQueue), byID: map[string]*peer{}}
+	r.nextID.Store(rand.Uint32())
+	s.onReady = r.register
+	s.onGone = r.unregister
+	s.onMsg = func(p *peer, frames [][]byte) {
+		select {
+		case r.in <- Message{Identity: p.identity, Frames: frames, Remote: p.remote}:
+		case <-p.done:
+		}
+	}
+	s.start()
+	return r
+}
+
+// register gives an anonymous peer a libzmq-style 5-byte identity, and lets a peer
+// that announces a taken identity take it over (ROUTER_HANDOVER).
+func (r *Router) register(p *peer) bool {
+	r.idMu.Lock()
+	defer r.idMu.Unlock()
+	if len(p.identity) == 0 || p.identity[0] == 0 {
+		// libzmq reserves identities starting with a zero byte for the ones it makes.
+		for {
+			id := binary.BigEndian.AppendUint32([]byte{0}, r.nextID.Add(1))
+			if r.byID[string(id)] == nil {
+				p.identity = id
+				break
+			}
+		}
+	} else if old := r.byID[string(p.identity)]; old != nil {
+		r.s.log.Info("identity handed over to a new connection", "identity", string(p.identity), "old", old.remote, "new", p.remote)
+		delete(r.byID, string(p.identity))
+		old.shutdown()
+	}
+	r.byID[string(p.identity)] = p
+	return true
+}
+
+func (r *Router) unregister(p *peer) {
+	r.idMu.Lock()
+	current := r.byID[string(p.identity)] == p
+	if current {
+		delete(r.byID, string(p.identity))
+	}
+	r.idMu.Unlock()
+	if current && r.s.opts.OnPeerGone != nil {
+		r.s.opts.OnPeerGone(p.identity)
+	}
+}
+
+// Recv returns the next message from any peer.
+func (r *Router) Recv(ctx context.Context) (Message, error) {
+	select {
+	case m := <-r.in:
+		return m, nil
+	case <-ctx.Done():
+		return Message{}, ctx.Err()
+	case <-r.s.ctx.Done():
+		return Message{}, ErrClosed
+	}
+}
+
+// Send queues frames to the peer with identity. It never blocks.
+func (r *Router) Send(identity []byte, frames [][]byte) error {
+	if r.s.ctx.Err() != nil {
+		return ErrClosed
+	}
+	r.idMu.Lock()
+	p := r.byID[string(identity)]
+	r.idMu.Unlock()
+	if p == nil {
+		r.s.countDrop("unknown_peer", 1)
+		return ErrUnknownPeer
+	}
+	if !p.enqueue(item{frames: frames}) {
+		r.s.countDrop("queue_full", 1)
+		return ErrQueueFull
+	}
+	return nil
+}
+
+// Addr is the listening address.
+func (r *Router) Addr() net.Addr { return r.s.ln.Addr() }
+
+// Stats returns the counters.
+func (r *Router) Stats() Stats { return r.s.stats() }
+
+// Close stops accepting and disconnects every peer.
+func (r *Router) Close() error { return r.s.close() }
