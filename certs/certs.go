@@ -210,12 +210,27 @@ func checkPeer(want Role, allow []string) func(tls.ConnectionState) error {
 }
 
 func serverConfig(pool *x509.CertPool, cert tls.Certificate, allow []string) *tls.Config {
+	roleCheck := checkPeer(RoleEdge, allow)
 	return &tls.Config{
-		MinVersion:       tls.VersionTLS13,
-		Certificates:     []tls.Certificate{cert},
-		ClientAuth:       tls.RequireAndVerifyClientCert,
-		ClientCAs:        pool,
-		VerifyConnection: checkPeer(RoleEdge, allow),
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		// The chain is verified in VerifyConnection rather than by crypto/tls, so that
+		// every refusal, an unknown CA included, passes through one place the listener logs.
+		ClientAuth: tls.RequireAnyClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("peer presented no client certificate: an edge needs one from 'broker certs issue --role edge'")
+			}
+			inter := x509.NewCertPool()
+			for _, c := range cs.PeerCertificates[1:] {
+				inter.AddCert(c)
+			}
+			leaf := cs.PeerCertificates[0]
+			if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+				return fmt.Errorf("certificate %q not trusted: %w (was it issued by this deployment's CA?)", leaf.Subject.CommonName, err)
+			}
+			return roleCheck(cs)
+		},
 	}
 }
 

@@ -137,6 +137,7 @@ func New(cfg Config) (*Edge, error) {
 		connUp:  make(chan struct{}),
 	}
 	e.reqs = newReqTable(e)
+	e.metrics = newMetrics(e, cfg.Registry) // before the sockets: their callbacks count
 	cs, err := loadCursor(cfg.StateDir)
 	if err != nil {
 		return nil, err
@@ -153,7 +154,6 @@ func New(cfg Config) (*Edge, error) {
 		_ = e.pub.Close()
 		return nil, fmt.Errorf("bind the minions' ret port %s: %w", retAddr, err)
 	}
-	e.metrics = newMetrics(e, cfg.Registry)
 	return e, nil
 }
 

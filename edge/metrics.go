@@ -48,6 +48,7 @@ func newMetrics(e *Edge, reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.requestsIn, m.replies, m.dropped, m.latency, m.pubs, m.pubDuplicates, m.gapPubs,
 			m.connected, m.transport, m.rtt, m.reconnects, m.connectFailures, m.stalls,
+			newZMTPCollector(e),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_pending", Help: "Requests held until their reply arrives."}, func() float64 { return float64(e.reqs.size()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "pub_cursor", Help: "Sequence of the last publication re-published."}, func() float64 { _, c := e.cursor.get(); return float64(c) }),
 		)
