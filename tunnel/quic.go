@@ -42,11 +42,11 @@ func (s quicSession) AcceptStream(ctx context.Context) (Stream, error) {
 }
 
 func (s quicSession) CloseWithError(reason string) error { return s.c.CloseWithError(0, reason) }
-func (s quicSession) Context() context.Context          { return s.c.Context() }
-func (s quicSession) Transport() string                 { return "quic" }
-func (s quicSession) LocalAddr() net.Addr               { return s.c.LocalAddr() }
-func (s quicSession) RemoteAddr() net.Addr              { return s.c.RemoteAddr() }
-func (s quicSession) PeerName() string                  { return peerName(s.c.ConnectionState().TLS) }
+func (s quicSession) Context() context.Context           { return s.c.Context() }
+func (s quicSession) Transport() string                  { return "quic" }
+func (s quicSession) LocalAddr() net.Addr                { return s.c.LocalAddr() }
+func (s quicSession) RemoteAddr() net.Addr               { return s.c.RemoteAddr() }
+func (s quicSession) PeerName() string                   { return peerName(s.c.ConnectionState().TLS) }
 
 func (s quicSession) Stats() Stats {
 	st := s.c.ConnectionStats()

@@ -49,7 +49,7 @@ type Session interface {
 
 // Stats are best-effort transport statistics (TCP has no RTT or loss figures).
 type Stats struct {
-	RTT                                  time.Duration
+	RTT                                   time.Duration
 	BytesSent, BytesReceived, PacketsLost uint64
 }
 

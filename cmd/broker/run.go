@@ -21,7 +21,9 @@ import (
 	"github.com/salt-broker/salt-broker/tunnel"
 )
 
-func env(name string) []string { return []string{"BROKER_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))} }
+func env(name string) []string {
+	return []string{"BROKER_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
+}
 
 func tlsFlags() []cli.Flag {
 	return []cli.Flag{
