@@ -51,7 +51,6 @@ func (e *Edge) connectLoop(ctx context.Context) {
 			continue
 		}
 		failures = 0
-		lastUp = time.Now()
 		e.metrics.connected.Set(1)
 		e.metrics.transport.Reset()
 		e.metrics.transport.WithLabelValues(sess.Transport()).Set(1)

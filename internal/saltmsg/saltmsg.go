@@ -56,7 +56,7 @@ func Parse(body []byte) (Envelope, error) {
 	for i := 0; i < n; i++ {
 		key, ok := d.str()
 		if !ok {
-			if !d.skip(0) || !d.skip(0) {
+			if !d.skipPair() {
 				return Envelope{}, errMalformed
 			}
 			continue
@@ -95,7 +95,7 @@ func Parse(body []byte) (Envelope, error) {
 			for i := 0; i < m; i++ {
 				key, ok := ld.str()
 				if !ok {
-					if !ld.skip(0) || !ld.skip(0) {
+					if !ld.skipPair() {
 						break
 					}
 					continue
@@ -200,6 +200,14 @@ func (d *decoder) str() (string, bool) {
 	s := string(d.b[d.p : d.p+n])
 	d.p += n
 	return s, true
+}
+
+// skipPair consumes a map entry whose key is not a string: the key, then its value.
+func (d *decoder) skipPair() bool {
+	if !d.skip(0) {
+		return false
+	}
+	return d.skip(0)
 }
 
 // skip consumes one value of any type.
