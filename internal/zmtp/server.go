@@ -330,11 +330,18 @@ func (s *server) handshake(c net.Conn, br *bufio.Reader) (map[string][]byte, err
 		return nil, err
 	}
 	g := make([]byte, greetingLen)
-	// The first 10 bytes tell a ZMTP 3 peer from an older or foreign one; stop there if so.
-	if _, err := io.ReadFull(br, g[:10]); err != nil {
+	// The first byte tells ZMTP 3 (0xFF) from ZMTP 1.0 or a foreign protocol, and
+	// bytes 0-9 from ZMTP 2.0: refuse at once, as libzmq does, without waiting for more.
+	if _, err := io.ReadFull(br, g[:1]); err != nil {
 		return nil, err
 	}
-	if g[0] != 0xff || g[9]&0x01 == 0 {
+	if g[0] != 0xff {
+		return nil, hsErr(causeBadGreeting, "not a ZMTP 3 greeting (ZMTP 1.0/2.0 peers, libzmq < 4, are not supported; or not ZeroMQ at all)")
+	}
+	if _, err := io.ReadFull(br, g[1:10]); err != nil {
+		return nil, err
+	}
+	if g[9]&0x01 == 0 {
 		return nil, hsErr(causeBadGreeting, "not a ZMTP 3 greeting (ZMTP 1.0/2.0 peers, libzmq < 4, are not supported; or not ZeroMQ at all)")
 	}
 	if _, err := io.ReadFull(br, g[10:]); err != nil {
