@@ -3,6 +3,8 @@ package core
 import (
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 func frames(s string) [][]byte { return [][]byte{[]byte(s)} }
@@ -64,3 +66,5 @@ func TestRingCompacts(t *testing.T) {
 		t.Fatalf("backing array grew to %d for a 10-entry ring", cap(r.entries))
 	}
 }
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
