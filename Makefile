@@ -3,7 +3,7 @@ GO       ?= go
 PYTHON   := /usr/bin/python3
 BIN      := bin
 export GOFLAGS := -buildvcs=false
-STATICCHECK_VERSION := 2025.1.1
+STATICCHECK_VERSION := v0.8.2
 FUZZTIME ?= 10s
 
 .PHONY: all build demo test unit fuzz fuzz-short lint deps tools bench bench-wan clean
