@@ -1,0 +1,372 @@
+// Command zmtp benchmarks internal/zmtp against libzmq (pyzmq) and zmq4 with the same
+// libzmq clients, side by side in one run: ROUTER round trips with 50 and 500 REQ
+// clients, PUB fan-out of 1 KiB messages to 3 and 100 SUBs, and memory per idle peer.
+// It prints figures and ratios against libzmq; it never fails on a timing.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+
+	"github.com/salt-broker/salt-broker/internal/zmtp"
+)
+
+const python = "/usr/bin/python3"
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func main() {
+	serveIdle := flag.Bool("serve-idle", false, "internal: serve a PUB and report its RSS (child process)")
+	peers := flag.Int("idle-peers", 10000, "idle peers for the memory figure")
+	flag.Parse()
+	raiseNoFile()
+	if *serveIdle {
+		serveIdlePub()
+		return
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "benchmark\tlibzmq\tzmq4\tours\tours/libzmq\tzmq4/libzmq\t")
+	for _, clients := range []int{50, 500} {
+		var r [3]float64
+		for i, impl := range []string{"libzmq", "zmq4", "ours"} {
+			r[i] = routerRate(impl, clients)
+		}
+		fmt.Fprintf(w, "ROUTER req/s, %d REQ clients\t%.0f\t%.0f\t%.0f\t%.2f×\t%.2f×\t\n", clients, r[0], r[1], r[2], r[2]/r[0], r[1]/r[0])
+		_ = w.Flush()
+	}
+	for _, subs := range []int{3, 100} {
+		var r [3]float64
+		var pct [3]float64
+		for i, impl := range []string{"libzmq", "zmq4", "ours"} {
+			r[i], pct[i] = pubRate(impl, subs)
+		}
+		fmt.Fprintf(w, "PUB 1 KiB msgs/s per SUB, %d SUBs (delivered %.0f%%/%.0f%%/%.0f%%)\t%.0f\t%.0f\t%.0f\t%.2f×\t%.2f×\t\n", subs, pct[0], pct[1], pct[2], r[0], r[1], r[2], r[2]/r[0], r[1]/r[0])
+		_ = w.Flush()
+	}
+	kib := idleMemory(*peers)
+	fmt.Fprintf(w, "memory per idle peer (RSS), %d peers\t\t\t%.1f KiB\t\t\t\n", *peers, kib)
+	_ = w.Flush()
+}
+
+func raiseNoFile() {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		fmt.Fprintln(os.Stderr, "raise open files limit:", err)
+	}
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// proc is a python peer with its JSON output.
+type proc struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan map[string]any
+}
+
+func startPy(args ...string) *proc {
+	dir, _ := os.Getwd()
+	script := filepath.Join(dir, "test/bench/zmtp/peers.py")
+	if _, err := os.Stat(script); err != nil {
+		exe, _ := os.Executable()
+		script = filepath.Join(filepath.Dir(exe), "peers.py")
+	}
+	cmd := exec.Command(python, append([]string{"-u", script}, args...)...)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		panic(err)
+	}
+	p := &proc{cmd: cmd, stdin: stdin, lines: make(chan map[string]any, 16)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				p.lines <- m
+			}
+		}
+		close(p.lines)
+	}()
+	return p
+}
+
+func (p *proc) wait(event string) map[string]any {
+	timeout := time.After(120 * time.Second)
+	for {
+		select {
+		case m, ok := <-p.lines:
+			if !ok {
+				panic("peer exited before " + event)
+			}
+			if m["event"] == event {
+				return m
+			}
+		case <-timeout:
+			panic("timeout waiting for " + event)
+		}
+	}
+}
+
+func (p *proc) stop() {
+	_ = p.stdin.Close()
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func f64(v any) float64 { f, _ := v.(float64); return f }
+
+// routerRate runs clients REQ sockets (in two libzmq processes) against one server.
+func routerRate(impl string, clients int) float64 {
+	port := freePort()
+	ep := "tcp://127.0.0.1:" + strconv.Itoa(port)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := func() {}
+	switch impl {
+	case "libzmq":
+		p := startPy("router", ep)
+		p.wait("ready")
+		stop = p.stop
+	case "zmq4":
+		r := zmq4.NewRouter(ctx)
+		if err := r.Listen(ep); err != nil {
+			panic(err)
+		}
+		go func() {
+			for {
+				m, err := r.Recv()
+				if err != nil {
+					return
+				}
+				_ = r.SendMulti(m)
+			}
+		}()
+		stop = func() { cancel(); _ = r.Close() }
+	case "ours":
+		r, err := zmtp.ListenRouter("127.0.0.1:"+strconv.Itoa(port), zmtp.Options{Logger: quiet})
+		if err != nil {
+			panic(err)
+		}
+		go func() {
+			for {
+				m, err := r.Recv(ctx)
+				if err != nil {
+					return
+				}
+				_ = r.Send(m.Identity, m.Frames)
+			}
+		}()
+		stop = func() { cancel(); _ = r.Close() }
+	}
+	defer stop()
+	const procs = 2
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	total, longest := 0.0, 0.0
+	for i := 0; i < procs; i++ {
+		wg.Go(func() {
+			p := startPy("req", ep, "--clients", strconv.Itoa(clients/procs), "--seconds", "3")
+			d := p.wait("done")
+			p.stop()
+			mu.Lock()
+			total += f64(d["count"])
+			longest = max(longest, f64(d["elapsed"]))
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return total / longest
+}
+
+// pubRate publishes 1 KiB messages as fast as the server takes them to subs libzmq SUBs.
+func pubRate(impl string, subs int) (perSub, deliveredPct float64) {
+	port := freePort()
+	ep := "tcp://127.0.0.1:" + strconv.Itoa(port)
+	count := 20000
+	if subs > 10 {
+		count = 5000
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	msg := make([]byte, 1024)
+	var publish func()
+	stop := func() {}
+	switch impl {
+	case "libzmq":
+		p := startPy("pub", ep, "--count", strconv.Itoa(count))
+		p.wait("ready")
+		publish = func() { _, _ = io.WriteString(p.stdin, "go\n"); p.wait("done") }
+		stop = p.stop
+	case "zmq4":
+		pub := zmq4.NewPub(ctx)
+		if err := pub.Listen(ep); err != nil {
+			panic(err)
+		}
+		publish = func() {
+			for i := 0; i < count; i++ {
+				_ = pub.SendMulti(zmq4.NewMsg(msg))
+			}
+		}
+		stop = func() { cancel(); _ = pub.Close() }
+	case "ours":
+		pub, err := zmtp.ListenPub("127.0.0.1:"+strconv.Itoa(port), zmtp.Options{Logger: quiet})
+		if err != nil {
+			panic(err)
+		}
+		publish = func() {
+			for i := 0; i < count; i++ {
+				pub.Publish([][]byte{msg})
+			}
+		}
+		stop = func() { _ = pub.Close() }
+	}
+	defer stop()
+	procs := min(subs, 4)
+	var ps []*proc
+	for i := 0; i < procs; i++ {
+		n := subs / procs
+		if i < subs%procs {
+			n++
+		}
+		p := startPy("sub", ep, "--clients", strconv.Itoa(n), "--idle", "1.5")
+		p.wait("ready")
+		ps = append(ps, p)
+	}
+	time.Sleep(1500 * time.Millisecond) // subscriptions reach the publisher
+	publish()
+	got, longest := 0.0, 0.0
+	for _, p := range ps {
+		d := p.wait("done")
+		got += f64(d["count"])
+		longest = max(longest, f64(d["elapsed"]))
+		p.stop()
+	}
+	if longest == 0 {
+		return 0, 0
+	}
+	return got / float64(subs) / longest, 100 * got / float64(subs*count)
+}
+
+// idleMemory starts a child serving PUB, connects n handshaken idle SUB peers, and
+// reads the child's RSS growth per peer.
+func idleMemory(n int) float64 {
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe, "-serve-idle")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		panic(err)
+	}
+	defer func() { _ = stdin.Close(); _ = cmd.Wait() }()
+	rd := bufio.NewReader(stdout)
+	line := func() string { s, _ := rd.ReadString('\n'); return strings.TrimSpace(s) }
+	addr := line()
+	rss0 := rssKiB(cmd.Process.Pid)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	hello := subHello()
+	buf := make([]byte, 64+64)
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "idle peers: stopped at", i, err)
+			n = i
+			break
+		}
+		_, _ = c.Write(hello)
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _ = io.ReadAtLeast(c, buf, 64+2)
+		conns = append(conns, c)
+	}
+	_, _ = io.WriteString(stdin, "settle\n")
+	line()
+	time.Sleep(time.Second)
+	rss1 := rssKiB(cmd.Process.Pid)
+	return float64(rss1-rss0) / float64(n)
+}
+
+// subHello is a SUB's greeting, READY and subscription to everything.
+func subHello() []byte {
+	g := make([]byte, 64)
+	g[0], g[9], g[10], g[11] = 0xff, 0x7f, 3, 0
+	copy(g[12:], "NULL")
+	body := append([]byte{5}, "READY"...)
+	body = append(body, 11)
+	body = append(body, "Socket-Type"...)
+	body = append(body, 0, 0, 0, 3)
+	body = append(body, "SUB"...)
+	g = append(g, 0x04, byte(len(body)))
+	g = append(g, body...)
+	return append(g, 0x00, 0x01, 0x01)
+}
+
+func rssKiB(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			v, _ := strconv.Atoi(strings.Fields(l)[1])
+			return v
+		}
+	}
+	return 0
+}
+
+func serveIdlePub() {
+	pub, err := zmtp.ListenPub("127.0.0.1:0", zmtp.Options{Logger: quiet, MaxPeers: 100000})
+	if err != nil {
+		panic(err)
+	}
+	defer pub.Close()
+	runtime.GC()
+	fmt.Println(pub.Addr().String())
+	in := bufio.NewReader(os.Stdin)
+	_, _ = in.ReadString('\n')
+	runtime.GC()
+	fmt.Println("settled")
+	_, _ = io.Copy(io.Discard, in)
+}
