@@ -85,6 +85,11 @@ func (e *edgeConn) serveStream(ctx context.Context, st tunnel.Stream) error {
 	rd := wire.NewReader(st, e.c.maxRecord())
 	_ = st.SetReadDeadline(time.Now().Add(helloTimeout))
 	typ, body, err := rd.Next()
+	if errors.Is(err, wire.ErrTooLarge) && typ == wire.TRequest {
+		id := wire.NewDecoder(body[:min(8, len(body))]).U64()
+		e.c.metrics.requests.WithLabelValues("too_large").Inc()
+		return e.write(st, wire.TRefused, wire.Refused{ID: id, Code: wire.RefusedTooLarge, Reason: "request larger than the core's --max-message-size"}.Encode())
+	}
 	if err != nil {
 		return fmt.Errorf("read the stream's first record: %w", err)
 	}

@@ -75,6 +75,12 @@ func (c *Core) runSub(ctx context.Context, sub zmq4.Socket) error {
 		if msg.Type != zmq4.UsrMsg || len(msg.Frames) == 0 {
 			continue
 		}
+		if size := wire.Size(msg.Frames); size > c.cfg.MaxMessageSize {
+			// The edge would refuse the record; replaying it would loop forever.
+			c.metrics.oversize.WithLabelValues("publication").Inc()
+			c.log.Warn("publication from the master dropped: larger than --max-message-size", "bytes", size, "max", c.cfg.MaxMessageSize)
+			continue
+		}
 		seq := c.ring.Append(msg.Frames)
 		c.metrics.pubsIn.Inc()
 		c.metrics.pubBytesIn.Add(float64(wire.Size(msg.Frames)))
@@ -152,7 +158,16 @@ func (c *Core) runDealerRecv(ctx context.Context, dealer zmq4.Socket) {
 			c.metrics.badReplies.Inc()
 			continue
 		}
-		if c.table.complete(ticket, msg.Frames[2:]) {
+		reply := msg.Frames[2:]
+		if size := wire.Size(reply); size > c.cfg.MaxMessageSize {
+			c.metrics.oversize.WithLabelValues("reply").Inc()
+			c.log.Warn("reply from the master refused: larger than --max-message-size; the minion will retry", "bytes", size, "max", c.cfg.MaxMessageSize)
+			if c.table.fail(ticket, wire.RefusedTooLarge, "reply larger than the core's --max-message-size") {
+				<-c.slots
+			}
+			continue
+		}
+		if c.table.complete(ticket, reply) {
 			<-c.slots
 		} else {
 			c.metrics.lateReplies.Inc()

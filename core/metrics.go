@@ -11,6 +11,7 @@ type metrics struct {
 	requestsToMaster, masterSendErrors   prometheus.Counter
 	badReplies, lateReplies              prometheus.Counter
 	protocolErrors                       prometheus.Counter
+	oversize                             *prometheus.CounterVec
 }
 
 func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
@@ -34,6 +35,7 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		badReplies:       counter("master_bad_replies_total", "Messages from the master's ret port without our routing frame."),
 		lateReplies:      counter("master_late_replies_total", "Replies from the master after their request timed out or was forgotten."),
 		protocolErrors:   counter("tunnel_protocol_errors_total", "Tunnel streams closed because an edge sent something malformed."),
+		oversize:         prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "oversize_total", Help: "Publications and replies from the master dropped for exceeding --max-message-size."}, []string{"kind"}),
 	}
 	ringGauges := []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ring_messages", Help: "Publications held in the replay ring."}, func() float64 { return float64(c.ring.Stats().Count) }),
@@ -46,7 +48,7 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.pubsIn, m.pubBytesIn, m.pubsOut, m.gapPubs, m.ringHead, m.edges, m.requests,
-			m.requestsToMaster, m.masterSendErrors, m.badReplies, m.lateReplies, m.protocolErrors)
+			m.requestsToMaster, m.masterSendErrors, m.badReplies, m.lateReplies, m.protocolErrors, m.oversize)
 		reg.MustRegister(ringGauges...)
 	}
 	return m

@@ -131,6 +131,18 @@ func (t *table) complete(ticket uint64, reply [][]byte) bool {
 	return true
 }
 
+// fail ends a request at the master without a reply (the reply was unusable).
+func (t *table) fail(ticket uint64, code byte, reason string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p := t.byTicket[ticket]
+	if p == nil || p.state != stateAtMaster {
+		return false
+	}
+	t.refuseLocked(p, code, reason)
+	return true
+}
+
 // evictRepliesLocked drops the oldest cached replies beyond the byte bound. An
 // edge that re-sends such a request gets a refusal, never a second trip to the master.
 func (t *table) evictRepliesLocked() {

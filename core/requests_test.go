@@ -114,3 +114,18 @@ func TestTableEvictsRepliesOverByteBound(t *testing.T) {
 		t.Fatalf("reply bytes after delivery: %d", b)
 	}
 }
+
+func TestTableFail(t *testing.T) {
+	tb := newTestTable()
+	p, _, _ := tb.submit(reqKey{1, 1}, frames("x"))
+	tb.take(<-tb.queue)
+	if !tb.fail(p.ticket, wire.RefusedTooLarge, "too large") {
+		t.Fatal("fail")
+	}
+	if _, ref := tb.result(p); ref == nil || ref.Code != wire.RefusedTooLarge {
+		t.Fatalf("refusal %+v", ref)
+	}
+	if tb.fail(p.ticket, wire.RefusedTooLarge, "again") || tb.complete(p.ticket, frames("late")) {
+		t.Fatal("a failed ticket must take no further outcome")
+	}
+}

@@ -262,6 +262,16 @@ func (c *conn) runPubs() {
 	rd := wire.NewReader(st, e.cfg.MaxMessageSize+64<<10)
 	for {
 		typ, body, err := rd.Next()
+		if errors.Is(err, wire.ErrTooLarge) && typ == wire.TPub {
+			seq := wire.NewDecoder(body[:min(8, len(body))]).U64()
+			c.log.Warn("publication skipped: larger than this edge's --max-message-size", "seq", seq, "err", err)
+			e.metrics.gapPubs.Inc()
+			if seq > cursor {
+				cursor = seq
+				e.cursor.setCursor(cursor)
+			}
+			continue
+		}
 		if err != nil {
 			c.cancel(fmt.Errorf("publication stream: %w", err))
 			return
@@ -348,6 +358,12 @@ func (c *conn) exchange(r *edgeReq) error {
 	}
 	rd := wire.NewReader(st, e.cfg.MaxMessageSize+64<<10)
 	typ, body, err := rd.Next()
+	if errors.Is(err, wire.ErrTooLarge) {
+		// Re-sending would bring the same reply: end it, as a minion's master would.
+		e.refused(r, wire.Refused{ID: r.id, Code: wire.RefusedTooLarge, Reason: "reply larger than the edge's --max-message-size"})
+		_ = wire.Write(st, wire.TDone, wire.U64Body(r.id))
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("read reply: %w", err)
 	}

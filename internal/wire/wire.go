@@ -83,7 +83,18 @@ func (t Type) String() string {
 
 const headerLen = 5
 
-// ErrTooLarge is returned for a record longer than the reader's maximum.
+// tooLargePrefix is how much of an oversized record Next returns with ErrTooLarge.
+const tooLargePrefix = 16
+
+func noEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// ErrTooLarge is returned for a record longer than the reader's maximum, after its
+// body was skipped; the stream can go on. Next returns the body's first bytes with it.
 var ErrTooLarge = errors.New("record exceeds the maximum size")
 
 // ErrMalformed is returned for a record body that does not decode.
@@ -102,6 +113,7 @@ func NewReader(r io.Reader, max int) *Reader {
 }
 
 // Next reads the next record. The returned body is valid until the next call.
+// An oversized record is skipped: Next returns its type, its first bytes and ErrTooLarge.
 func (r *Reader) Next() (Type, []byte, error) {
 	var hdr [headerLen]byte
 	if _, err := io.ReadFull(r.r, hdr[:]); err != nil {
@@ -109,17 +121,23 @@ func (r *Reader) Next() (Type, []byte, error) {
 	}
 	n := binary.BigEndian.Uint32(hdr[1:])
 	if int64(n) > int64(r.max) {
-		return 0, nil, fmt.Errorf("%s record of %d bytes (max %d): %w", Type(hdr[0]), n, r.max, ErrTooLarge)
+		// Skip the body so the stream stays usable, keeping its first bytes: they hold
+		// the sequence or request ID, so the caller can say which message it lost.
+		prefix := make([]byte, min(int(n), tooLargePrefix))
+		if _, err := io.ReadFull(r.r, prefix); err != nil {
+			return 0, nil, noEOF(err)
+		}
+		if _, err := io.CopyN(io.Discard, r.r, int64(n)-int64(len(prefix))); err != nil {
+			return 0, nil, noEOF(err)
+		}
+		return Type(hdr[0]), prefix, fmt.Errorf("%s record of %d bytes (max %d): %w", Type(hdr[0]), n, r.max, ErrTooLarge)
 	}
 	if cap(r.buf) < int(n) {
 		r.buf = make([]byte, n)
 	}
 	body := r.buf[:n]
 	if _, err := io.ReadFull(r.r, body); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return 0, nil, err
+		return 0, nil, noEOF(err)
 	}
 	return Type(hdr[0]), body, nil
 }

@@ -51,11 +51,25 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
-func TestReaderRefusesOversizeBeforeAllocating(t *testing.T) {
-	hdr := []byte{byte(TPub), 0xff, 0xff, 0xff, 0xff}
-	_, _, err := NewReader(bytes.NewReader(hdr), 1<<20).Next()
-	if !errors.Is(err, ErrTooLarge) {
-		t.Fatalf("want ErrTooLarge, got %v", err)
+func TestReaderSkipsOversizeRecords(t *testing.T) {
+	var buf bytes.Buffer
+	_ = Write(&buf, TReply, Reply{ID: 77, Frames: [][]byte{bytes.Repeat([]byte("x"), 5000)}}.Encode())
+	_ = Write(&buf, TAck, U64Body(5))
+	rd := NewReader(&buf, 1000)
+	typ, prefix, err := rd.Next()
+	if !errors.Is(err, ErrTooLarge) || typ != TReply {
+		t.Fatalf("want ErrTooLarge for the reply, got %s %v", typ, err)
+	}
+	if id := NewDecoder(prefix).U64(); id != 77 {
+		t.Fatalf("prefix should hold the ID, got %d", id)
+	}
+	if b, err := rd.Expect(TAck); err != nil || len(b) != 8 {
+		t.Fatalf("stream unusable after a skipped record: %v", err)
+	}
+	// A header claiming 4 GiB with no body behind it ends the stream, allocating nothing big.
+	_, _, err = NewReader(bytes.NewReader([]byte{byte(TPub), 0xff, 0xff, 0xff, 0xff}), 1<<20).Next()
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("want unexpected EOF, got %v", err)
 	}
 }
 

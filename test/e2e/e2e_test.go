@@ -293,3 +293,44 @@ func readyREQ() []byte {
 	body = append(body, "REQ"...)
 	return append([]byte{0x04, byte(len(body))}, body...)
 }
+
+// A publication or reply from the master over the core's maximum is dropped and
+// counted — never buffered, never retried in a loop — and traffic goes on.
+func TestOversizeFromMasterIsDroppedAndCounted(t *testing.T) {
+	ctx := ctxFor(t, 2*time.Minute)
+	s := startAll(t, harness.PairOpts{CoreArgs: []string{"--max-message-size", strconv.Itoa(1 << 20)}})
+	mins := s.minions(t, harness.MinionOpts{Count: 3, IDPrefix: "os"})
+	if err := harness.WarmUp(ctx, s.master, mins); err != nil {
+		t.Fatal(err)
+	}
+	_ = mins.ResetStats(ctx)
+	if _, err := s.master.Publish(ctx, harness.PublishOpts{Count: 1, Size: 2 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.master.Publish(ctx, harness.PublishOpts{Count: 20, Size: 500}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "the small publications after the oversized one", func() (bool, string) {
+		st, err := mins.BriefStats(ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Pubs == 3*20, strconv.FormatInt(st.Pubs, 10)
+	})
+	res, err := mins.Request(ctx, harness.RequestOpts{Count: 1, Size: 500, ReplySize: 2 << 20, Tries: 1, Timeout: 5 * time.Second})
+	if err != nil || res.OK != 0 {
+		t.Errorf("oversized reply: %+v %v", res, err)
+	}
+	res, err = mins.Request(ctx, harness.RequestOpts{Count: 5, Size: 500, ReplySize: 99})
+	if err != nil || res.OK != res.Total {
+		t.Errorf("after the oversized reply: %+v %v", res, err)
+	}
+	for kind, want := range map[string]float64{"publication": 1, "reply": 3} {
+		if n, _ := s.pair.Core.Metric("salt_broker_core_oversize_total", `kind="`+kind+`"`); n != want {
+			t.Errorf("core oversize %s = %v, want %v", kind, n, want)
+		}
+	}
+	if n, _ := s.pair.Edge.Metric("salt_broker_edge_tunnel_reconnects_total"); n != 0 {
+		t.Errorf("the edge reconnected %v times", n)
+	}
+}
