@@ -121,7 +121,10 @@ type PairOpts struct {
 	CoreIP                 string // default 127.0.0.1
 	EdgeIP                 string // where minions connect; default 127.0.0.2
 	CoreArgs, EdgeArgs     []string
-	CoreWrap, EdgeWrap     func(*exec.Cmd) *exec.Cmd
+	// Via, when set, returns the address the edge dials instead of the core's own
+	// (an impairment proxy in front of the core).
+	Via                func(coreAddr string) string
+	CoreWrap, EdgeWrap func(*exec.Cmd) *exec.Cmd
 }
 
 // Pair is a running core and edge.
@@ -152,7 +155,11 @@ func StartPair(t testing.TB, o PairOpts) *Pair {
 	p.EdgePub, p.EdgeRet = FreePort(t, o.EdgeIP), FreePort(t, o.EdgeIP)
 	p.coreArgs = append(append([]string{"core", "--master", o.MasterIP, "--master-pub-port", strconv.Itoa(o.MasterPubPort),
 		"--master-ret-port", strconv.Itoa(o.RetPort), "--listen", p.CoreAddr}, p.PKI.Files("core")...), o.CoreArgs...)
-	p.edgeArgs = append(append([]string{"edge", "--core", p.CoreAddr, "--bind", o.EdgeIP, "--pub-port", strconv.Itoa(p.EdgePub),
+	dial := p.CoreAddr
+	if o.Via != nil {
+		dial = o.Via(p.CoreAddr)
+	}
+	p.edgeArgs = append(append([]string{"edge", "--core", dial, "--bind", o.EdgeIP, "--pub-port", strconv.Itoa(p.EdgePub),
 		"--ret-port", strconv.Itoa(p.EdgeRet)}, p.PKI.Files("edge")...), o.EdgeArgs...)
 	p.StartCore(t)
 	p.StartEdge(t)
