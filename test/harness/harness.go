@@ -124,7 +124,10 @@ func build() (string, error) {
 	out := filepath.Join(dir, "broker")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goTool, "build", "-o", out, "./cmd/broker")
+	// The broker under test runs with the race detector: edge and core are where the
+	// concurrency is, and only real traffic exercises it. StartBroker fails a test
+	// whose broker reported a race.
+	cmd := exec.CommandContext(ctx, goTool, "build", "-race", "-o", out, "./cmd/broker")
 	cmd.Dir = ModuleRoot()
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/broker: %w\n%s", err, b)

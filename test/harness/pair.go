@@ -54,7 +54,13 @@ func StartBroker(t testing.TB, name string, wrap func(*exec.Cmd) *exec.Cmd, args
 	if wrap != nil {
 		cmd = wrap(cmd)
 	}
-	return &BrokerProc{Proc: Start(t, name, cmd), Admin: admin}
+	b := &BrokerProc{Proc: Start(t, name, cmd), Admin: admin}
+	t.Cleanup(func() {
+		if strings.Contains(b.Stderr(), "WARNING: DATA RACE") {
+			t.Errorf("%s reported a data race:\n%s", name, b.Stderr())
+		}
+	})
+	return b
 }
 
 // Get fetches a path of the admin endpoint.
