@@ -352,7 +352,6 @@ func (c *conn) exchange(r *edgeReq) error {
 	stop := context.AfterFunc(c.ctx, func() { _ = st.Close() })
 	defer stop()
 	_ = st.SetWriteDeadline(time.Now().Add(e.cfg.WriteTimeout))
-	r.everSent = true
 	if err := wire.Write(st, wire.TRequest, wire.Request{ID: r.id, Frames: r.body}.Encode()); err != nil {
 		return fmt.Errorf("send request: %w", err)
 	}

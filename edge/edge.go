@@ -27,6 +27,7 @@ import (
 const (
 	DefaultAuthMaxAge    = 30 * time.Second
 	DefaultRequestMaxAge = 15 * time.Minute
+	DefaultRetryWindow   = time.Second
 )
 
 // Config is everything the edge needs; cmd/broker fills it from flags.
@@ -51,6 +52,8 @@ type Config struct {
 	ProbeInterval  time.Duration // while down, a fresh connection attempt is started this often
 	MaxBackoff     time.Duration // after long failure, attempts slow down to this
 	ReplayHold     time.Duration // after a restart, wait this long at most for minions to re-subscribe before replaying
+	RetryWindow    time.Duration // a request this soon after its minion's socket closed with one unanswered may be that one's retry
+	MaxRetryChain  int           // tries in one minion retry chain (Salt's return_retry_tries)
 
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
@@ -96,6 +99,12 @@ func (c *Config) Defaults() {
 	}
 	if c.ReplayHold == 0 {
 		c.ReplayHold = 15 * time.Second
+	}
+	if c.RetryWindow == 0 {
+		c.RetryWindow = DefaultRetryWindow
+	}
+	if c.MaxRetryChain == 0 {
+		c.MaxRetryChain = 3
 	}
 	if c.ZMTP.MaxMessageSize == 0 {
 		c.ZMTP.MaxMessageSize = int64(c.MaxMessageSize)

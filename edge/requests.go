@@ -29,8 +29,15 @@ type edgeReq struct {
 	created  time.Time
 
 	state    reqState
-	everSent bool // written to a stream at least once: it may have reached the core
+	everSent bool // put on a stream at least once: it may have reached the core
 	peerGone bool // the minion socket that asked has closed
+
+	// Retry chains (retry.go): a minion's own re-encrypted retry of this request.
+	chain      int       // tries of the minion's chain before this one
+	goneAt     time.Time // when its minion socket closed with it unanswered
+	cancelling bool      // a retry replaces it: never put it on a stream again
+	replaces   *edgeReq  // the chain's try that may have reached the core; this one waits for its withdrawal
+	successor  *edgeReq  // a later retry that took over this one's wait
 }
 
 // reqTable holds unanswered requests. A request leaves it exactly once: with its
@@ -43,10 +50,14 @@ type reqTable struct {
 	waiting []uint64 // FIFO of requests to put on a stream
 	nextID  uint64
 	kick    chan struct{}
+
+	orphans map[chainKey][]*edgeReq // unanswered requests whose minion socket closed
+	recent  map[chainKey][]*edgeReq // requests of the last RetryWindow
+	cancels []*edgeReq              // retries waiting for the core to withdraw their earlier try
 }
 
 func newReqTable(e *Edge) *reqTable {
-	return &reqTable{e: e, byID: make(map[uint64]*edgeReq), kick: make(chan struct{}, 1)}
+	return &reqTable{e: e, byID: make(map[uint64]*edgeReq), kick: make(chan struct{}, 1), orphans: make(map[chainKey][]*edgeReq), recent: make(map[chainKey][]*edgeReq)}
 }
 
 func (t *reqTable) wake() {
@@ -62,7 +73,8 @@ func (t *reqTable) size() int {
 	return len(t.byID)
 }
 
-// add accepts a request; false when the table is full.
+// add accepts a request; false when the table is full. A minion's own retry of a
+// request the edge still holds joins that request's chain instead (retry.go).
 func (t *reqTable) add(r *edgeReq) bool {
 	t.mu.Lock()
 	if len(t.byID) >= t.e.cfg.MaxPending {
@@ -72,7 +84,9 @@ func (t *reqTable) add(r *edgeReq) bool {
 	t.nextID++
 	r.id = t.nextID
 	t.byID[r.id] = r
-	t.waiting = append(t.waiting, r.id)
+	t.joinChainLocked(r)
+	t.noteRecentLocked(r)
+	t.waiting = append(t.waiting, r.id) // takeWaiting skips it while it is held
 	t.mu.Unlock()
 	t.wake()
 	return true
@@ -87,7 +101,7 @@ func (t *reqTable) takeWaiting(now time.Time) []*edgeReq {
 	out := make([]*edgeReq, 0, len(t.waiting))
 	for _, id := range t.waiting {
 		r := t.byID[id]
-		if r == nil || r.state != reqWaiting {
+		if r == nil || r.state != reqWaiting || r.cancelling || r.replaces != nil {
 			continue
 		}
 		age := now.Sub(r.created)
@@ -103,6 +117,7 @@ func (t *reqTable) takeWaiting(now time.Time) []*edgeReq {
 			continue
 		}
 		r.state = reqSending
+		r.everSent = true
 		out = append(out, r)
 	}
 	t.waiting = t.waiting[:0]
@@ -146,7 +161,9 @@ func (t *reqTable) peerGone(identity []byte) {
 		if r.env.Class == saltmsg.ClassAuth && r.state == reqWaiting {
 			delete(t.byID, id)
 			t.e.metrics.dropped.WithLabelValues("stale_auth").Inc()
+			continue
 		}
+		t.orphanLocked(r)
 	}
 }
 
@@ -204,6 +221,9 @@ func (e *Edge) dispatchLoop(ctx context.Context) {
 		for _, r := range e.reqs.takeWaiting(time.Now()) {
 			c.goRequest(r)
 		}
+		for _, r := range e.reqs.takeCancels() {
+			c.goCancel(r)
+		}
 		select {
 		case <-e.reqs.kick:
 		case <-c.ctx.Done():
@@ -216,7 +236,7 @@ func (e *Edge) dispatchLoop(ctx context.Context) {
 // deliver hands a reply to the minion that asked, once.
 func (e *Edge) deliver(r *edgeReq, reply [][]byte) {
 	if !e.reqs.finish(r) {
-		e.metrics.dropped.WithLabelValues("duplicate_reply").Inc()
+		e.metrics.dropped.WithLabelValues("superseded_reply").Inc()
 		return
 	}
 	e.metrics.latency.Observe(time.Since(r.created).Seconds())

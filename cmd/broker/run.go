@@ -115,6 +115,8 @@ Example:
 			&cli.IntFlag{Name: "max-pending", Value: 20_000, Usage: "requests held until their reply; past it new ones are dropped and the minion retries", EnvVars: env("max-pending")},
 			&cli.DurationFlag{Name: "auth-max-age", Value: edge.DefaultAuthMaxAge, Usage: "auth requests older than this are stale (the minion has retried) and dropped", EnvVars: env("auth-max-age")},
 			&cli.DurationFlag{Name: "request-max-age", Value: edge.DefaultRequestMaxAge, Usage: "other requests older than this are dropped unsent", EnvVars: env("request-max-age")},
+			&cli.DurationFlag{Name: "retry-window", Value: edge.DefaultRetryWindow, Usage: "a minion request this soon after its old socket closed with a request unanswered, of the same shape, is taken as that request's retry (0 disables retry recognition)", EnvVars: env("retry-window")},
+			&cli.IntFlag{Name: "retry-chain", Value: 3, Usage: "tries in one minion retry chain (Salt's return_retry_tries)", EnvVars: env("retry-chain")},
 			&cli.IntFlag{Name: "max-minions", Value: 20_000, Usage: "connections accepted on each minion port", EnvVars: env("max-minions")},
 		}, tlsFlags()...), commonFlags("127.0.0.1:9511")...),
 		Before: loadConfigFile(map[string]string{"publish_port": "pub-port", "ret_port": "ret-port", "master": "core"}),
@@ -147,7 +149,12 @@ Example:
 				AuthMaxAge:     c.Duration("auth-max-age"),
 				RequestMaxAge:  c.Duration("request-max-age"),
 				MaxMessageSize: c.Int("max-message-size"),
+				RetryWindow:    c.Duration("retry-window"),
+				MaxRetryChain:  c.Int("retry-chain"),
 				Registry:       reg,
+			}
+			if cfg.RetryWindow == 0 {
+				cfg.RetryWindow = -1 // off: no request is within a negative window
 			}
 			cfg.ZMTP.MaxPeers = c.Int("max-minions")
 			e, err := edge.New(cfg)

@@ -42,6 +42,13 @@ type lab struct {
 // retries (recognising those is issue 5's retry-chain work).
 func start(t *testing.T, n int, p wan.Profile, edgeArgs ...string) *lab {
 	t.Helper()
+	return startWith(t, n, p, 60*time.Second, 60*time.Second, 1, edgeArgs...)
+}
+
+// startWith sets the minions' return timeout range and tries, as Salt's
+// return_retry_timer, return_retry_timer_max and return_retry_tries.
+func startWith(t *testing.T, n int, p wan.Profile, timeoutMin, timeoutMax time.Duration, tries int, edgeArgs ...string) *lab {
+	t.Helper()
 	l := &lab{master: harness.StartMaster(t, harness.MasterOpts{})}
 	l.pair = harness.StartPair(t, harness.PairOpts{
 		MasterPubPort: l.master.PubPort, RetPort: l.master.RetPort,
@@ -58,7 +65,7 @@ func start(t *testing.T, n int, p wan.Profile, edgeArgs ...string) *lab {
 	})
 	l.minions = harness.StartMinions(t, harness.MinionOpts{
 		Master: l.pair.EdgeIP, PubPort: l.pair.EdgePub, RetPort: l.pair.EdgeRet, Count: n, IDPrefix: "m",
-		ReturnOnPublish: true, ReturnTimeoutMin: 60 * time.Second, ReturnTimeoutMax: 60 * time.Second, Tries: 1,
+		ReturnOnPublish: true, ReturnTimeoutMin: timeoutMin, ReturnTimeoutMax: timeoutMax, Tries: tries,
 		ReconnectIvl: 100 * time.Millisecond, ReconnectIvlMax: 500 * time.Millisecond,
 	})
 	return l
@@ -154,6 +161,47 @@ func TestBlackouts(t *testing.T) {
 	stalls, _ := l.pair.Edge.Metric("salt_broker_edge_tunnel_stalls_total")
 	if stalls < 2 {
 		t.Errorf("the edge noticed %v stalls for 2 blackouts", stalls)
+	}
+}
+
+// A 12 s blackout with returns in flight: the minions' own retries fire (closing the
+// REQ socket after 5–10 s and sending a re-encrypted copy on a new one, up to 3 sends,
+// as Salt does). The master still sees every return exactly once, and none that a
+// direct link would have delivered is lost.
+func TestBlackoutWithMinionRetries(t *testing.T) {
+	ctx := ctxFor(t, 3*time.Minute)
+	l := startWith(t, 20, wan.Profile{Delay: 10 * time.Millisecond}, 5*time.Second, 10*time.Second, 3)
+	l.warm(t, ctx)
+	l.proxy.SetDown(true)
+	type result struct {
+		res harness.RequestResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() { // two returns per minion, sent into the blackout
+		r, err := l.minions.Request(ctx, harness.RequestOpts{Count: 2, Size: 500, ReplySize: 99})
+		done <- result{r, err}
+	}()
+	time.Sleep(12 * time.Second)
+	l.proxy.SetDown(false)
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	ms, err := l.master.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ms.UniqueRIDs != int64(r.res.Total) || ms.DupRIDs != 0 {
+		t.Errorf("returns at the master: want %d unique, 0 duplicated; got %d unique, %d duplicated", r.res.Total, ms.UniqueRIDs, ms.DupRIDs)
+	}
+	if r.res.WrongReply != 0 {
+		t.Errorf("a minion got a reply that was not for its current try: %+v", r.res)
+	}
+	retries, _ := l.pair.Edge.Metric("salt_broker_edge_minion_retries_total")
+	t.Logf("minions: %+v; edge recognised %v retries; master: %d unique, %d duplicated", r.res, retries, ms.UniqueRIDs, ms.DupRIDs)
+	if r.res.Retried > 0 && retries == 0 {
+		t.Error("the minions retried but the edge recognised none")
 	}
 }
 

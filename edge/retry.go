@@ -1,0 +1,234 @@
+package edge
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/salt-broker/salt-broker/internal/saltmsg"
+	"github.com/salt-broker/salt-broker/internal/wire"
+)
+
+// A Salt minion whose return gets no reply in 5–10 s closes its REQ socket and at
+// once sends the return again on a new one, re-encrypted: new bytes, same length, up
+// to return_retry_tries (3) sends. The edge still holds the earlier copy, and will
+// deliver it when the link is back, so passing the retry on too would show the master
+// the return twice. So the edge recognises the retry and keeps one copy of the chain:
+//
+//   - the earlier copy never left the edge: the retry replaces it (and gets a real reply);
+//   - it may have reached the core: the edge asks the core to withdraw it; if it never
+//     reached the master, the retry replaces it, otherwise the retry is dropped — the
+//     master has the return once, and that minion may log it as failed, as it would on
+//     a direct link.
+//
+// A retry is recognised by its envelope shape: the minion's connection closed with a
+// request unanswered, and within RetryWindow a request arrives with the same enc, the
+// same clear minion id and the same load length. docs/guarantees.md says what can fool it.
+
+// chainKey is the envelope shape a minion's retry shares with its earlier try.
+type chainKey struct {
+	enc, minion string
+	loadLen     int
+}
+
+func keyOf(r *edgeReq) (chainKey, bool) {
+	if r.env.Class != saltmsg.ClassAES || r.env.ID == "" || r.env.LoadLen == 0 {
+		return chainKey{}, false
+	}
+	return chainKey{enc: r.env.Enc, minion: r.env.ID, loadLen: r.env.LoadLen}, true
+}
+
+// orphanLocked remembers an unanswered request whose minion socket just closed. The
+// minion's retry may already be here — its new connection raced the old one's close —
+// in which case it joins the chain now, if it has not been sent yet.
+func (t *reqTable) orphanLocked(r *edgeReq) {
+	k, ok := keyOf(r)
+	if !ok || r.cancelling {
+		return
+	}
+	r.goneAt = time.Now()
+	for _, n := range t.recent[k] {
+		if n != r && t.byID[n.id] == n && n.state == reqWaiting && !n.everSent && n.replaces == nil && n.chain == 0 &&
+			!n.peerGone && n.created.After(r.created) && r.goneAt.Sub(n.created) <= t.e.cfg.RetryWindow && r.chain+1 < t.e.cfg.MaxRetryChain {
+			t.linkLocked(r, n)
+			return
+		}
+	}
+	t.orphans[k] = append(t.orphans[k], r)
+	if len(t.orphans) > 4*t.e.cfg.MaxPending/3+64 {
+		t.pruneOrphansLocked(r.goneAt)
+	}
+}
+
+func (t *reqTable) pruneOrphansLocked(now time.Time) {
+	for k, list := range t.orphans {
+		kept := list[:0]
+		for _, o := range list {
+			if now.Sub(o.goneAt) <= t.e.cfg.RetryWindow && t.byID[o.id] == o {
+				kept = append(kept, o)
+			}
+		}
+		if len(kept) == 0 {
+			delete(t.orphans, k)
+		} else {
+			t.orphans[k] = kept
+		}
+	}
+}
+
+// joinChainLocked makes r replace the earlier try it retries, if it is one. It
+// returns true when r must wait for the core to withdraw that try first.
+func (t *reqTable) joinChainLocked(r *edgeReq) (held bool) {
+	k, ok := keyOf(r)
+	if !ok {
+		return false
+	}
+	list := t.orphans[k]
+	var prev *edgeReq
+	for i := len(list) - 1; i >= 0; i-- {
+		o := list[i]
+		if t.byID[o.id] == o && r.created.Sub(o.goneAt) <= t.e.cfg.RetryWindow && o.chain+1 < t.e.cfg.MaxRetryChain {
+			prev = o
+			list = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(t.orphans, k)
+	} else {
+		t.orphans[k] = list
+	}
+	if prev == nil {
+		return false
+	}
+	return t.linkLocked(prev, r)
+}
+
+// linkLocked makes r, a minion's retry, stand for prev in their chain. It returns
+// true when r must wait for the core to withdraw the chain's sent try.
+func (t *reqTable) linkLocked(prev, r *edgeReq) (held bool) {
+	r.chain = prev.chain + 1
+	t.e.metrics.retries.Inc()
+	if prev.replaces != nil {
+		// prev itself waits for the chain's sent try to be withdrawn: r takes over
+		// that wait, so the chain still reaches the master once.
+		r.replaces = prev.replaces
+		prev.successor = r
+		delete(t.byID, prev.id)
+		t.e.metrics.dropped.WithLabelValues("retry_replaced").Inc()
+		for i, c := range t.cancels {
+			if c == prev {
+				t.cancels[i] = r
+			}
+		}
+		return true
+	}
+	if !prev.everSent && prev.state == reqWaiting {
+		delete(t.byID, prev.id)
+		t.e.metrics.dropped.WithLabelValues("retry_replaced").Inc()
+		return false
+	}
+	prev.cancelling = true
+	r.replaces = prev
+	t.cancels = append(t.cancels, r)
+	return true
+}
+
+// noteRecentLocked keeps new requests for one RetryWindow, so a retry that arrives
+// before its minion's old connection is seen closing is still recognised.
+func (t *reqTable) noteRecentLocked(r *edgeReq) {
+	k, ok := keyOf(r)
+	if !ok {
+		return
+	}
+	list := t.recent[k]
+	kept := list[:0]
+	for _, n := range list {
+		if r.created.Sub(n.created) <= t.e.cfg.RetryWindow {
+			kept = append(kept, n)
+		}
+	}
+	t.recent[k] = append(kept, r)
+	if len(t.recent) > t.e.cfg.MaxPending+64 {
+		for key, l := range t.recent {
+			if len(l) == 0 || r.created.Sub(l[len(l)-1].created) > t.e.cfg.RetryWindow {
+				delete(t.recent, key)
+			}
+		}
+	}
+}
+
+func (t *reqTable) takeCancels() []*edgeReq {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := t.cancels
+	t.cancels = nil
+	return out
+}
+
+// resolveRetry applies the core's answer about r's earlier try.
+func (t *reqTable) resolveRetry(r *edgeReq, result byte) {
+	t.mu.Lock()
+	for r.successor != nil {
+		r = r.successor
+	}
+	prev := r.replaces
+	if t.byID[prev.id] == prev {
+		delete(t.byID, prev.id)
+		t.e.metrics.dropped.WithLabelValues("retry_replaced").Inc()
+	}
+	r.replaces = nil
+	if result == wire.CancelDone {
+		t.waiting = append(t.waiting, r.id)
+	} else if t.byID[r.id] == r {
+		delete(t.byID, r.id)
+		t.e.metrics.dropped.WithLabelValues("retry_at_master").Inc()
+	}
+	t.mu.Unlock()
+	t.wake()
+}
+
+func (t *reqTable) retryCancelLater(r *edgeReq) {
+	t.mu.Lock()
+	t.cancels = append(t.cancels, r)
+	t.mu.Unlock()
+}
+
+// goCancel asks the core to withdraw r's earlier try, then resolves the chain.
+func (c *conn) goCancel(r *edgeReq) {
+	c.wg.Go(func() {
+		res, err := c.withdraw(r.replaces.id)
+		if err != nil {
+			c.log.Debug("cancel failed; asking again on the next connection", "err", err)
+			c.e.reqs.retryCancelLater(r)
+			return
+		}
+		c.log.Debug("minion retry resolved", "minion", r.env.ID, "earlier_id", r.replaces.id, "result", res)
+		c.e.reqs.resolveRetry(r, res)
+	})
+}
+
+func (c *conn) withdraw(id uint64) (byte, error) {
+	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+	defer cancel()
+	st, err := c.sess.OpenStream(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("open cancel stream: %w", err)
+	}
+	defer st.Close()
+	stop := context.AfterFunc(ctx, func() { _ = st.Close() })
+	defer stop()
+	_ = st.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := wire.Write(st, wire.TCancel, wire.U64Body(id)); err != nil {
+		return 0, fmt.Errorf("send cancel: %w", err)
+	}
+	body, err := wire.NewReader(st, 1<<10).Expect(wire.TCancelReply)
+	if err != nil {
+		return 0, fmt.Errorf("read cancel answer: %w", err)
+	}
+	rep, err := wire.DecodeCancelReply(body)
+	if err != nil || rep.ID != id {
+		return 0, fmt.Errorf("bad cancel answer for %d: %w", id, wire.ErrMalformed)
+	}
+	return rep.Result, nil
+}
