@@ -26,18 +26,34 @@ type conn struct {
 
 	lastPong atomic.Int64 // unix nanos
 	rtt      atomic.Int64 // nanos
+
+	handover tunnel.Session // set by probeQUIC before it ends the connection
 }
 
-var errStalled = errors.New("connection stalled: no answer from the core")
+var (
+	errStalled    = errors.New("connection stalled: no answer from the core")
+	errBackToQUIC = errors.New("QUIC reachable again: moving the session back from TCP")
+)
 
 // connectLoop keeps one connection to the core up for as long as ctx lives.
 func (e *Edge) connectLoop(ctx context.Context) {
 	var lastUp time.Time
 	failures := 0
+	lastTransport := ""
+	var next tunnel.Session // a QUIC session the TCP connection's prober found
+	defer func() {
+		if next != nil {
+			_ = next.CloseWithError("edge stopping")
+		}
+	}()
 	for ctx.Err() == nil {
-		sess, err := e.dialRacing(ctx, lastUp, &failures)
-		if err != nil {
-			return // ctx ended
+		sess := next
+		next = nil
+		if sess == nil {
+			var err error
+			if sess, err = e.dialRacing(ctx, lastUp, &failures); err != nil {
+				return // ctx ended
+			}
 		}
 		c, err := e.handshake(ctx, sess)
 		if err != nil {
@@ -54,8 +70,20 @@ func (e *Edge) connectLoop(ctx context.Context) {
 		e.metrics.connected.Set(1)
 		e.metrics.transport.Reset()
 		e.metrics.transport.WithLabelValues(sess.Transport()).Set(1)
+		if tr := sess.Transport(); tr != lastTransport {
+			if lastTransport != "" || tr == "tcp" {
+				why := "QUIC works again"
+				if tr == "tcp" {
+					why = "QUIC (UDP) did not complete in time; check that UDP to the core's port is open"
+				}
+				e.log.Info("transport changed", "from", lastTransport, "to", tr, "why", why)
+				e.metrics.transportChanges.WithLabelValues(tr).Inc()
+			}
+			lastTransport = tr
+		}
 		e.setConn(c)
 		reason := c.run()
+		next = c.handover
 		e.setConn(nil)
 		e.metrics.connected.Set(0)
 		e.metrics.reconnects.Inc()
@@ -178,11 +206,42 @@ func (c *conn) run() error {
 	stopSess := context.AfterFunc(c.sess.Context(), func() { c.cancel(context.Cause(c.sess.Context())) })
 	defer stopSess()
 	c.wg.Go(c.runPubs)
+	if c.sess.Transport() == "tcp" && c.e.cfg.Dial.Mode == tunnel.ModeAuto {
+		c.wg.Go(c.probeQUIC)
+	}
 	<-c.ctx.Done()
 	reason := context.Cause(c.ctx)
 	_ = c.sess.CloseWithError(reason.Error())
 	c.wg.Wait()
 	return reason
+}
+
+// probeQUIC tries QUIC now and then while the session runs on the TCP fallback.
+// When it works, the connection ends and the next one is that QUIC session: requests
+// on the way are re-sent under their IDs and publications resume from the cursor, so
+// the move loses and duplicates nothing.
+func (c *conn) probeQUIC() {
+	t := time.NewTicker(c.e.cfg.QUICProbeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+		opt := c.e.cfg.Dial
+		opt.Mode = tunnel.ModeQUIC
+		s, err := tunnel.Dial(ctx, c.e.cfg.CoreAddr, c.e.cfg.Tunnel, opt)
+		cancel()
+		if err != nil {
+			c.log.Debug("QUIC probe failed; staying on TCP", "err", err)
+			continue
+		}
+		c.handover = s
+		c.cancel(errBackToQUIC)
+		return
+	}
 }
 
 // runControl sends pings and cursor acks, and reads pongs. No pong for StallTimeout

@@ -42,18 +42,19 @@ type Config struct {
 	ZMTP     zmtp.Options
 	StateDir string // where the publication cursor survives restarts; "" = not kept
 
-	MaxPending     int           // requests held unanswered; past it new ones are dropped (the minion retries)
-	AuthMaxAge     time.Duration // an auth request older than this is stale: the minion has retried already
-	RequestMaxAge  time.Duration // any other request older than this is dropped unsent
-	MaxMessageSize int
-	WriteTimeout   time.Duration
-	PingInterval   time.Duration // control-stream pings: RTT and liveness
-	StallTimeout   time.Duration // no pong for this long: the connection is stalled, probe for a new one
-	ProbeInterval  time.Duration // while down, a fresh connection attempt is started this often
-	MaxBackoff     time.Duration // after long failure, attempts slow down to this
-	ReplayHold     time.Duration // after a restart, wait this long at most for minions to re-subscribe before replaying
-	RetryWindow    time.Duration // a request this soon after its minion's socket closed with one unanswered may be that one's retry
-	MaxRetryChain  int           // tries in one minion retry chain (Salt's return_retry_tries)
+	MaxPending        int           // requests held unanswered; past it new ones are dropped (the minion retries)
+	AuthMaxAge        time.Duration // an auth request older than this is stale: the minion has retried already
+	RequestMaxAge     time.Duration // any other request older than this is dropped unsent
+	MaxMessageSize    int
+	WriteTimeout      time.Duration
+	PingInterval      time.Duration // control-stream pings: RTT and liveness
+	StallTimeout      time.Duration // no pong for this long: the connection is stalled, probe for a new one
+	ProbeInterval     time.Duration // while down, a fresh connection attempt is started this often
+	MaxBackoff        time.Duration // after long failure, attempts slow down to this
+	ReplayHold        time.Duration // after a restart, wait this long at most for minions to re-subscribe before replaying
+	QUICProbeInterval time.Duration // on the TCP fallback in auto mode, try QUIC this often
+	RetryWindow       time.Duration // a request this soon after its minion's socket closed with one unanswered may be that one's retry
+	MaxRetryChain     int           // tries in one minion retry chain (Salt's return_retry_tries)
 
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
@@ -99,6 +100,9 @@ func (c *Config) Defaults() {
 	}
 	if c.ReplayHold == 0 {
 		c.ReplayHold = 15 * time.Second
+	}
+	if c.QUICProbeInterval == 0 {
+		c.QUICProbeInterval = 30 * time.Second
 	}
 	if c.RetryWindow == 0 {
 		c.RetryWindow = DefaultRetryWindow

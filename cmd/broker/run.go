@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -110,6 +111,7 @@ Example:
 			&cli.IntFlag{Name: "pub-port", Value: 4505, Usage: "publish port: must be the port the real master announces (its publish_port)", EnvVars: env("pub-port")},
 			&cli.IntFlag{Name: "ret-port", Value: 4506, Usage: "ret port (the minions' master_port)", EnvVars: env("ret-port")},
 			&cli.StringFlag{Name: "transport", Value: "auto", Usage: "auto (QUIC, falling back to TCP), quic or tcp", EnvVars: env("transport")},
+			&cli.DurationFlag{Name: "quic-probe-interval", Value: 30 * time.Second, Usage: "while on the TCP fallback (--transport auto), try QUIC this often and move back when it works", EnvVars: env("quic-probe-interval")},
 			&cli.StringFlag{Name: "proxy", Usage: "HTTP proxy for the TCP transport, http://[user:pass@]host:port (default: HTTPS_PROXY/NO_PROXY from the environment)", EnvVars: env("proxy")},
 			&cli.PathFlag{Name: "state-dir", Usage: "directory for the publication cursor, so a restarted edge replays what it missed (\"\" keeps nothing)", EnvVars: env("state-dir")},
 			&cli.IntFlag{Name: "max-pending", Value: 20_000, Usage: "requests held until their reply; past it new ones are dropped and the minion retries", EnvVars: env("max-pending")},
@@ -137,21 +139,22 @@ Example:
 			}
 			reg := newRegistry()
 			cfg := edge.Config{
-				Name:           nameOr(c.String("name")),
-				CoreAddr:       c.String("core"),
-				Bind:           c.String("bind"),
-				PubPort:        c.Int("pub-port"),
-				RetPort:        c.Int("ret-port"),
-				Tunnel:         tunnel.Config{TLS: tlsCfg, Logger: slog.Default().With("component", "tunnel")},
-				Dial:           dial,
-				StateDir:       c.Path("state-dir"),
-				MaxPending:     c.Int("max-pending"),
-				AuthMaxAge:     c.Duration("auth-max-age"),
-				RequestMaxAge:  c.Duration("request-max-age"),
-				MaxMessageSize: c.Int("max-message-size"),
-				RetryWindow:    c.Duration("retry-window"),
-				MaxRetryChain:  c.Int("retry-chain"),
-				Registry:       reg,
+				Name:              nameOr(c.String("name")),
+				CoreAddr:          c.String("core"),
+				Bind:              c.String("bind"),
+				PubPort:           c.Int("pub-port"),
+				RetPort:           c.Int("ret-port"),
+				Tunnel:            tunnel.Config{TLS: tlsCfg, Logger: slog.Default().With("component", "tunnel")},
+				Dial:              dial,
+				StateDir:          c.Path("state-dir"),
+				MaxPending:        c.Int("max-pending"),
+				AuthMaxAge:        c.Duration("auth-max-age"),
+				RequestMaxAge:     c.Duration("request-max-age"),
+				MaxMessageSize:    c.Int("max-message-size"),
+				RetryWindow:       c.Duration("retry-window"),
+				QUICProbeInterval: c.Duration("quic-probe-interval"),
+				MaxRetryChain:     c.Int("retry-chain"),
+				Registry:          reg,
 			}
 			if cfg.RetryWindow == 0 {
 				cfg.RetryWindow = -1 // off: no request is within a negative window

@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 type lab struct {
 	master  *harness.Master
 	pair    *harness.Pair
-	proxy   *wan.UDPProxy
+	proxy   *wan.Link
 	minions *harness.Minions
 }
 
@@ -42,30 +42,38 @@ type lab struct {
 // retries (recognising those is issue 5's retry-chain work).
 func start(t *testing.T, n int, p wan.Profile, edgeArgs ...string) *lab {
 	t.Helper()
-	return startWith(t, n, p, 60*time.Second, 60*time.Second, 1, edgeArgs...)
+	return startWith(t, labOpts{minions: n, profile: p, timeoutMin: 60 * time.Second, timeoutMax: 60 * time.Second, tries: 1, edgeArgs: edgeArgs})
 }
 
-// startWith sets the minions' return timeout range and tries, as Salt's
-// return_retry_timer, return_retry_timer_max and return_retry_tries.
-func startWith(t *testing.T, n int, p wan.Profile, timeoutMin, timeoutMax time.Duration, tries int, edgeArgs ...string) *lab {
+type labOpts struct {
+	minions                int
+	profile                wan.Profile
+	timeoutMin, timeoutMax time.Duration // the minions' return_retry_timer range
+	tries                  int           // return_retry_tries
+	blockUDP               bool          // UDP dropped from the start
+	edgeArgs               []string      // after --transport quic, so a --transport here wins
+}
+
+func startWith(t *testing.T, o labOpts) *lab {
 	t.Helper()
 	l := &lab{master: harness.StartMaster(t, harness.MasterOpts{})}
 	l.pair = harness.StartPair(t, harness.PairOpts{
 		MasterPubPort: l.master.PubPort, RetPort: l.master.RetPort,
-		EdgeArgs: append([]string{"--transport", "quic"}, edgeArgs...),
+		EdgeArgs: append([]string{"--transport", "quic"}, o.edgeArgs...),
 		Via: func(core string) string {
-			px, err := wan.NewUDPProxy("127.0.0.1:0", core, p)
+			px, err := wan.NewLink(core, o.profile)
 			if err != nil {
 				t.Fatal(err)
 			}
+			px.BlockUDP(o.blockUDP)
 			t.Cleanup(func() { _ = px.Close() })
 			l.proxy = px
 			return px.Addr()
 		},
 	})
 	l.minions = harness.StartMinions(t, harness.MinionOpts{
-		Master: l.pair.EdgeIP, PubPort: l.pair.EdgePub, RetPort: l.pair.EdgeRet, Count: n, IDPrefix: "m",
-		ReturnOnPublish: true, ReturnTimeoutMin: timeoutMin, ReturnTimeoutMax: timeoutMax, Tries: tries,
+		Master: l.pair.EdgeIP, PubPort: l.pair.EdgePub, RetPort: l.pair.EdgeRet, Count: o.minions, IDPrefix: "m",
+		ReturnOnPublish: true, ReturnTimeoutMin: o.timeoutMin, ReturnTimeoutMax: o.timeoutMax, Tries: o.tries,
 		ReconnectIvl: 100 * time.Millisecond, ReconnectIvlMax: 500 * time.Millisecond,
 	})
 	return l
@@ -170,7 +178,7 @@ func TestBlackouts(t *testing.T) {
 // direct link would have delivered is lost.
 func TestBlackoutWithMinionRetries(t *testing.T) {
 	ctx := ctxFor(t, 3*time.Minute)
-	l := startWith(t, 20, wan.Profile{Delay: 10 * time.Millisecond}, 5*time.Second, 10*time.Second, 3)
+	l := startWith(t, labOpts{minions: 20, profile: wan.Profile{Delay: 10 * time.Millisecond}, timeoutMin: 5 * time.Second, timeoutMax: 10 * time.Second, tries: 3})
 	l.warm(t, ctx)
 	l.proxy.SetDown(true)
 	type result struct {
@@ -289,4 +297,3 @@ func lastLine(s, substr string) string {
 	}
 	return ""
 }
-

@@ -147,6 +147,18 @@ type Pair struct {
 // StartPair starts a core and an edge and waits until the edge is connected.
 func StartPair(t testing.TB, o PairOpts) *Pair {
 	t.Helper()
+	p := StartPairNoWait(t, o)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.Edge.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// StartPairNoWait starts a core and an edge without waiting for the edge to connect.
+func StartPairNoWait(t testing.TB, o PairOpts) *Pair {
+	t.Helper()
 	if o.MasterIP == "" {
 		o.MasterIP = "127.0.0.1"
 	}
@@ -169,11 +181,6 @@ func StartPair(t testing.TB, o PairOpts) *Pair {
 		"--ret-port", strconv.Itoa(p.EdgeRet)}, p.PKI.Files("edge")...), o.EdgeArgs...)
 	p.StartCore(t)
 	p.StartEdge(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := p.Edge.WaitReady(ctx); err != nil {
-		t.Fatal(err)
-	}
 	return p
 }
 

@@ -29,6 +29,7 @@ type UDPProxy struct {
 	profile Profile
 	flows   map[string]*flow
 	down    atomic.Bool
+	blocked atomic.Bool
 	closed  chan struct{}
 	wg      sync.WaitGroup
 
@@ -95,7 +96,7 @@ func (px *UDPProxy) send(write func([]byte), b []byte) {
 	px.mu.Lock()
 	p := px.profile
 	px.mu.Unlock()
-	if px.down.Load() || (p.Loss > 0 && rand.Float64() < p.Loss) {
+	if px.down.Load() || px.blocked.Load() || (p.Loss > 0 && rand.Float64() < p.Loss) {
 		px.Dropped.Add(1)
 		return
 	}
@@ -167,3 +168,7 @@ func (px *UDPProxy) flowFor(client *net.UDPAddr) (*flow, error) {
 	})
 	return f, nil
 }
+
+// BlockUDP drops every datagram while on, as a network that filters UDP does; the
+// TCP side of a Link keeps working.
+func (px *UDPProxy) BlockUDP(on bool) { px.blocked.Store(on) }
