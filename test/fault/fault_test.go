@@ -143,8 +143,14 @@ func (l *lab) warm(t *testing.T, ctx context.Context) {
 // answers each: after the link returns, every publication reaches every minion in
 // order and every return reaches the master exactly once.
 func TestBlackouts(t *testing.T) {
+	for _, tr := range []string{"quic", "tcp"} {
+		t.Run(tr, func(t *testing.T) { testBlackouts(t, tr) })
+	}
+}
+
+func testBlackouts(t *testing.T, transport string) {
 	ctx := ctxFor(t, 3*time.Minute)
-	l := start(t, 20, wan.Profile{Delay: 10 * time.Millisecond, Jitter: 5 * time.Millisecond})
+	l := start(t, 20, wan.Profile{Delay: 10 * time.Millisecond, Jitter: 5 * time.Millisecond}, "--transport", transport)
 	l.warm(t, ctx)
 	const pubs = 60
 	tag, err := l.master.PublishAsync(harness.PublishOpts{Count: pubs, Rate: 4, Size: 463, Topics: []string{"broadcast"}})
