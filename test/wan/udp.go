@@ -18,6 +18,10 @@ type Profile struct {
 	Delay  time.Duration // one way
 	Jitter time.Duration // uniform in [0, Jitter), added to Delay
 	Loss   float64       // probability a datagram is dropped
+	// Bursty loss (Gilbert-Elliott, packet lab only): each packet, a good channel turns
+	// bad with probability BurstP and a bad one good with BurstR; a bad one drops all.
+	// Mean burst length is 1/BurstR packets; long-run loss BurstP/(BurstP+BurstR).
+	BurstP, BurstR float64
 }
 
 // UDPProxy forwards datagrams between clients and one target, impaired.
