@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +43,7 @@ func (p PKI) Files(name string) []string {
 type BrokerProc struct {
 	*Proc
 	Admin string // host:port of its admin endpoint
+	NS    string // network namespace it runs in ("" = this one)
 }
 
 // StartBroker starts `broker <args>` with an admin endpoint on a free loopback port.
@@ -68,7 +70,12 @@ func (b *BrokerProc) Get(path string) (int, string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.Admin+path, nil)
-	resp, err := http.DefaultClient.Do(req)
+	client := http.DefaultClient
+	if b.NS != "" {
+		client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true,
+			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return dialInNS(ctx, b.NS, addr) }}}
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, "", err
 	}
@@ -131,6 +138,7 @@ type PairOpts struct {
 	// (an impairment proxy in front of the core).
 	Via                func(coreAddr string) string
 	CoreWrap, EdgeWrap func(*exec.Cmd) *exec.Cmd
+	CoreNS, EdgeNS     string // the namespaces the wraps enter, for the admin endpoints
 }
 
 // Pair is a running core and edge.
@@ -169,27 +177,66 @@ func StartPairNoWait(t testing.TB, o PairOpts) *Pair {
 		o.EdgeIP = "127.0.0.2"
 	}
 	p := &Pair{PKI: NewPKI(t, o.CoreIP), EdgeIP: o.EdgeIP, opts: o}
-	p.CoreAddr = o.CoreIP + ":" + strconv.Itoa(FreeUDPPort(t, o.CoreIP))
-	p.EdgePub, p.EdgeRet = FreePort(t, o.EdgeIP), FreePort(t, o.EdgeIP)
+	// The core binds a free port itself (UDP and TCP must both be free: picking one
+	// here and binding it there races with parallel tests) and logs it.
 	p.coreArgs = append(append([]string{"core", "--master", o.MasterIP, "--master-pub-port", strconv.Itoa(o.MasterPubPort),
-		"--master-ret-port", strconv.Itoa(o.RetPort), "--listen", p.CoreAddr}, p.PKI.Files("core")...), o.CoreArgs...)
+		"--master-ret-port", strconv.Itoa(o.RetPort), "--listen", o.CoreIP + ":0"}, p.PKI.Files("core")...), o.CoreArgs...)
+	p.StartCore(t)
+	p.CoreAddr = p.Core.logged(t, "core started", "listen_udp=")
+	for i, a := range p.coreArgs {
+		if a == o.CoreIP+":0" {
+			p.coreArgs[i] = p.CoreAddr // a restarted core comes back on the same port
+		}
+	}
+	// Edge ports are picked on this namespace's loopback when the edge runs in another.
+	edgePick := o.EdgeIP
+	if o.EdgeNS != "" {
+		edgePick = "127.0.0.1"
+	}
+	p.EdgePub, p.EdgeRet = FreePort(t, edgePick), FreePort(t, edgePick)
 	dial := p.CoreAddr
 	if o.Via != nil {
 		dial = o.Via(p.CoreAddr)
 	}
 	p.edgeArgs = append(append([]string{"edge", "--core", dial, "--bind", o.EdgeIP, "--pub-port", strconv.Itoa(p.EdgePub),
 		"--ret-port", strconv.Itoa(p.EdgeRet)}, p.PKI.Files("edge")...), o.EdgeArgs...)
-	p.StartCore(t)
 	p.StartEdge(t)
 	return p
+}
+
+// logged waits for a log line containing msg and returns the value of its key= field.
+func (b *BrokerProc) logged(t testing.TB, msg, key string) string {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, line := range strings.Split(b.Stderr(), "\n") {
+			if !strings.Contains(line, msg) {
+				continue
+			}
+			for _, f := range strings.Fields(line) {
+				if strings.HasPrefix(f, key) {
+					return strings.TrimPrefix(f, key)
+				}
+			}
+		}
+		select {
+		case <-b.Done():
+			t.Fatalf("%s exited: %v\n%s", b.Name, b.ExitErr(), b.Stderr())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("%s did not log %q", b.Name, msg)
+	return ""
 }
 
 // StartCore (re)starts the core with the same arguments.
 func (p *Pair) StartCore(t testing.TB) {
 	p.Core = StartBroker(t, "core", p.opts.CoreWrap, p.coreArgs...)
+	p.Core.NS = p.opts.CoreNS
 }
 
 // StartEdge (re)starts the edge with the same arguments.
 func (p *Pair) StartEdge(t testing.TB) {
 	p.Edge = StartBroker(t, "edge", p.opts.EdgeWrap, p.edgeArgs...)
+	p.Edge.NS = p.opts.EdgeNS
 }
