@@ -6,7 +6,7 @@ export GOFLAGS := -buildvcs=false
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME ?= 10s
 
-.PHONY: all build demo test unit fuzz fuzz-short lint deps tools bench bench-wan clean
+.PHONY: all build demo test unit fuzz fuzz-short lint deps tools bench clean
 
 all: build
 
@@ -57,9 +57,6 @@ fuzz-short fuzz:
 bench: deps build
 	$(GO) run ./test/bench/zmtp
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/pair
-
-bench-wan: deps build
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/wan
 
 clean:
 	rm -rf $(BIN)
