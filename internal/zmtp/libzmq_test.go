@@ -57,6 +57,31 @@ func waitPeers(t *testing.T, ctx context.Context, stats func() Stats, n int64) {
 	}
 }
 
+// waitSubscribed waits until exactly n peers of pub hold a subscription.
+func waitSubscribed(t *testing.T, ctx context.Context, pub *Pub, n int) {
+	t.Helper()
+	for {
+		got := 0
+		pub.s.mu.RLock()
+		for p := range pub.s.peers {
+			p.subMu.RLock()
+			if p.all > 0 || len(p.subs) > 0 {
+				got++
+			}
+			p.subMu.RUnlock()
+		}
+		pub.s.mu.RUnlock()
+		if got == n {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d peers subscribed, want %d", got, n)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 // echo serves a Router: every request body comes back prefixed with "ok:".
 func echo(ctx context.Context, r *Router, seen func(Message)) *sync.WaitGroup {
 	var wg sync.WaitGroup
@@ -94,7 +119,7 @@ func TestPubToLibzmqSubscribers(t *testing.T) {
 	minion := libzmq(t, "sub", ep, "--subs", hexTopic+",broad")
 	leaver := libzmq(t, "sub", ep, "--subs", "broadcast", "--unsub-after", "50")
 	waitPeers(t, ctx, pub.Stats, 5)
-	time.Sleep(300 * time.Millisecond) // subscriptions follow the handshake
+	waitSubscribed(t, ctx, pub, 4) // subscriptions follow the handshake; "none" has none
 	send := func(topic string, n int) {
 		for i := 0; i < n; i++ {
 			pub.Publish([][]byte{[]byte(topic), []byte(fmt.Sprintf("%s payload %d", topic, i))})
@@ -104,7 +129,7 @@ func TestPubToLibzmqSubscribers(t *testing.T) {
 	if _, err := leaver.WaitEvent(ctx, "unsubscribed"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	waitSubscribed(t, ctx, pub, 3) // the leaver's cancel has reached the server
 	send("broadcast", 50)
 	send(hexTopic, 100)
 	send("other", 100)
@@ -193,6 +218,9 @@ func TestRouterIdentitiesHandoverHeartbeat(t *testing.T) {
 	if ev := done(t, ctx, libzmq(t, "dealer", ep, "--rounds", "5")); num(ev["ok"]) != 5 {
 		t.Errorf("anonymous dealer: %v", ev)
 	}
+	if ev := done(t, ctx, libzmq(t, "req", ep, "--identity", "salt-req/r1", "--rounds", "3")); num(ev["ok"]) != 3 {
+		t.Errorf("REQ with identity: %v", ev)
+	}
 	// Handover: the first holds its connection open while a second with the same identity arrives.
 	first := libzmq(t, "dealer", ep, "--identity", "dup", "--rounds", "1", "--hold", "3")
 	done(t, ctx, first)
@@ -202,7 +230,8 @@ func TestRouterIdentitiesHandoverHeartbeat(t *testing.T) {
 	}
 	// Reconnecting peers: ten in a row, each served.
 	for i := 0; i < 10; i++ {
-		if ev := done(t, ctx, libzmq(t, "req", ep, "--rounds", "2")); num(ev["ok"]) != 2 {
+		// Bodies over 64 KiB: LONG frames, and the server's incremental allocation.
+		if ev := done(t, ctx, libzmq(t, "req", ep, "--rounds", "2", "--size", "70000")); num(ev["ok"]) != 2 {
 			t.Fatalf("reconnecting peer %d: %v", i, ev)
 		}
 	}
@@ -214,7 +243,7 @@ func TestRouterIdentitiesHandoverHeartbeat(t *testing.T) {
 		t.Errorf("a peer with ZMQ_HEARTBEAT_IVL reconnected: %d connections", n)
 	}
 	mu.Lock()
-	if seen["salt-req/m1"] != 5 || seen["dup"] != 4 {
+	if seen["salt-req/m1"] != 5 || seen["dup"] != 4 || seen["salt-req/r1"] != 3 {
 		t.Errorf("identities seen: %v", seen)
 	}
 	mu.Unlock()

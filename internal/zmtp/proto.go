@@ -66,7 +66,7 @@ func parseGreeting(g []byte) (minor byte, err error) {
 	}
 	mech := string(bytes.TrimRight(g[12:32], "\x00"))
 	if mech != "NULL" {
-		return 0, hsErr(causeBadMechanism, "security mechanism %q: only NULL is supported (Salt encrypts its own payloads)", mech)
+		return 0, hsErr(causeBadMechanism, "security mechanism %q: only NULL is supported (Salt encrypts its own payloads); configure the peer without CURVE or PLAIN", mech)
 	}
 	return g[11], nil
 }
@@ -160,11 +160,40 @@ func (fr *frameReader) readFrame(budget int64) (flags byte, body []byte, err err
 	if size+frameOverhead > uint64(budget) || size > uint64(fr.maxMessage) {
 		return 0, nil, fmt.Errorf("frame of %d bytes: %w (%d)", size, errTooBig, fr.maxMessage)
 	}
-	body = make([]byte, size)
-	if _, err := io.ReadFull(fr.r, body); err != nil {
+	body, err = readBody(fr.r, int(size))
+	if err != nil {
 		return 0, nil, noEOF(err)
 	}
 	return flags, body, nil
+}
+
+// eagerAlloc is the largest frame body allocated in full before its bytes arrive.
+const eagerAlloc = 64 << 10
+
+// readBody reads a body of size bytes. Above eagerAlloc the buffer grows only as
+// bytes actually arrive: a peer that announces a large (but allowed) frame and then
+// goes quiet costs what it sent, not what it announced, so thousands of such peers
+// cannot exhaust memory.
+func readBody(r io.Reader, size int) ([]byte, error) {
+	if size <= eagerAlloc {
+		b := make([]byte, size)
+		_, err := io.ReadFull(r, b)
+		return b, err
+	}
+	b := make([]byte, eagerAlloc)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	for len(b) < size {
+		n := min(size, 2*len(b))
+		grown := make([]byte, n)
+		copy(grown, b)
+		if _, err := io.ReadFull(r, grown[len(b):]); err != nil {
+			return nil, err
+		}
+		b = grown
+	}
+	return b, nil
 }
 
 // readMessage reads frames until one without MORE. A command frame is returned alone.

@@ -34,7 +34,10 @@ type Options struct {
 	HeartbeatInterval time.Duration // send PING this often (0: never; PINGs are always answered)
 	HeartbeatTimeout  time.Duration // drop a peer silent this long after our PING (3 × interval)
 	Logger            *slog.Logger
-	OnPeerGone        func(identity []byte) // ROUTER: a peer's connection ended; must not block
+	// OnPeerGone (ROUTER) is called once when the connection holding an identity ends;
+	// not for a connection whose identity a newer one took over, as that identity is
+	// still connected. It must not block.
+	OnPeerGone func(identity []byte)
 }
 
 func (o Options) withDefaults() Options {
@@ -124,12 +127,43 @@ type server struct {
 
 	onReady func(p *peer) bool // registers a peer after its handshake; false refuses it
 	onGone  func(p *peer)
-	onMsg   func(p *peer, frames [][]byte)
+	onMsg   func(p *peer, frames [][]byte) bool // false ends the connection
 
 	peersNow                                     atomic.Int64
 	accepted, bytesIn, bytesOut, msgsIn, msgsOut atomic.Uint64
 	statMu                                       sync.Mutex
 	drops, hsFail                                map[string]uint64
+
+	logMu    sync.Mutex
+	lastWarn map[string]time.Time // by event: when it was last logged
+	muted    map[string]int       // by event: lines left out since
+}
+
+// warnLimit is how often one kind of per-connection warning may be logged: a flood
+// of bad connections must not become a flood of log lines.
+const warnLimit = time.Second
+
+// warn logs a per-connection event at most once per warnLimit per event kind,
+// saying how many like it were left out.
+func (s *server) warn(event, msg string, args ...any) {
+	s.logLimited(slog.LevelWarn, event, msg, args...)
+}
+
+func (s *server) logLimited(level slog.Level, event, msg string, args ...any) {
+	s.logMu.Lock()
+	now := time.Now()
+	if now.Sub(s.lastWarn[event]) < warnLimit {
+		s.muted[event]++
+		s.logMu.Unlock()
+		return
+	}
+	n := s.muted[event]
+	s.lastWarn[event], s.muted[event] = now, 0
+	s.logMu.Unlock()
+	if n > 0 {
+		args = append(args, "similar_not_logged", n)
+	}
+	s.log.Log(context.Background(), level, msg, args...)
 }
 
 func newServer(k kind, ln net.Listener, o Options) *server {
@@ -139,6 +173,7 @@ func newServer(k kind, ln net.Listener, o Options) *server {
 		kind: k, opts: o, ln: ln, ctx: ctx, stop: cancel,
 		log:   o.Logger.With("socket", k.socketType(), "addr", ln.Addr().String()),
 		peers: map[*peer]struct{}{}, drops: map[string]uint64{}, hsFail: map[string]uint64{},
+		lastWarn: map[string]time.Time{}, muted: map[string]int{},
 	}
 }
 
@@ -189,7 +224,7 @@ func (s *server) acceptLoop() {
 		if s.conns.Add(1) > int64(s.opts.MaxPeers) {
 			s.conns.Add(-1)
 			s.countDrop("max_peers", 1)
-			s.log.Warn("connection refused: too many peers; raise --max-minions if this is a real load", "remote", c.RemoteAddr(), "limit", s.opts.MaxPeers)
+			s.warn("max_peers", "connection refused: too many peers; raise --max-minions if this is a real load", "remote", c.RemoteAddr(), "limit", s.opts.MaxPeers)
 			_ = c.Close()
 			continue
 		}
@@ -292,7 +327,7 @@ func (s *server) serve(c net.Conn) {
 		s.hsFail[cause]++
 		s.statMu.Unlock()
 		if cause != causeClosed {
-			s.log.Warn("ZeroMQ handshake failed; connection closed", "remote", p.remote, "cause", cause, "err", err)
+			s.warn("handshake_"+cause, "ZeroMQ handshake failed; connection closed", "remote", p.remote, "cause", cause, "err", err)
 		}
 		return
 	}
@@ -344,7 +379,15 @@ func (s *server) handshake(c net.Conn, br *bufio.Reader) (map[string][]byte, err
 	if g[9]&0x01 == 0 {
 		return nil, hsErr(causeBadGreeting, "not a ZMTP 3 greeting (ZMTP 1.0/2.0 peers, libzmq < 4, are not supported; or not ZeroMQ at all)")
 	}
-	if _, err := io.ReadFull(br, g[10:]); err != nil {
+	// A ZMTP 2.0 peer sends its revision byte and waits: refuse it on that byte
+	// rather than waiting out the handshake timeout for a 64-byte greeting.
+	if _, err := io.ReadFull(br, g[10:11]); err != nil {
+		return nil, err
+	}
+	if g[10] < 3 {
+		return nil, hsErr(causeBadVersion, "ZMTP revision %d peer: only ZMTP 3.x is supported (upgrade the peer's libzmq to 4.x)", g[10])
+	}
+	if _, err := io.ReadFull(br, g[11:]); err != nil {
 		return nil, err
 	}
 	if _, err := parseGreeting(g); err != nil {
@@ -405,13 +448,13 @@ func (s *server) readLoop(p *peer, br *bufio.Reader) {
 			switch {
 			case errors.Is(err, errTooBig):
 				s.countDrop("too_big", 1)
-				s.log.Warn("peer sent a message over the maximum size; connection closed", "remote", p.remote, "err", err, "max", s.opts.MaxMessageSize)
+				s.warn("too_big", "peer sent a message over the maximum size; connection closed", "remote", p.remote, "err", err, "max", s.opts.MaxMessageSize)
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 			case errors.Is(err, io.ErrUnexpectedEOF):
 				s.log.Debug("peer closed mid-frame", "remote", p.remote)
 			default:
 				s.countDrop("protocol_error", 1)
-				s.log.Warn("peer broke the ZeroMQ protocol; connection closed", "remote", p.remote, "err", err)
+				s.warn("protocol_error", "peer broke the ZeroMQ protocol; connection closed", "remote", p.remote, "err", err)
 			}
 			return
 		}
@@ -428,7 +471,9 @@ func (s *server) readLoop(p *peer, br *bufio.Reader) {
 			continue
 		}
 		s.msgsIn.Add(1)
-		s.onMsg(p, frames)
+		if !s.onMsg(p, frames) {
+			return
+		}
 	}
 }
 
@@ -436,7 +481,7 @@ func (s *server) readLoop(p *peer, br *bufio.Reader) {
 func (s *server) handleCommand(p *peer, body []byte) bool {
 	name, data, err := parseCommand(body)
 	if err != nil {
-		s.log.Warn("malformed ZeroMQ command; connection closed", "remote", p.remote)
+		s.warn("protocol_error", "malformed ZeroMQ command; connection closed", "remote", p.remote)
 		return false
 	}
 	switch name {
@@ -454,14 +499,14 @@ func (s *server) handleCommand(p *peer, body []byte) bool {
 	case "PONG":
 	case "SUBSCRIBE":
 		if s.kind == kindPub {
-			p.subscribe(string(data), true)
+			return s.subscribeOrClose(p, string(data), true)
 		}
 	case "CANCEL":
 		if s.kind == kindPub {
-			p.subscribe(string(data), false)
+			return s.subscribeOrClose(p, string(data), false)
 		}
 	case "ERROR":
-		s.log.Info("peer sent ERROR and is closing", "remote", p.remote, "reason", string(data))
+		s.logLimited(slog.LevelInfo, "peer_error", "peer sent ERROR and is closing", "remote", p.remote, "reason", string(data))
 		return false
 	default:
 		s.log.Debug("ignoring unknown ZeroMQ command", "remote", p.remote, "command", name)
@@ -469,9 +514,22 @@ func (s *server) handleCommand(p *peer, body []byte) bool {
 	return true
 }
 
-func (p *peer) subscribe(topic string, on bool) {
+// Limits on one SUB's subscriptions: every Publish checks each peer's subscriptions,
+// so a peer with a million of them would slow fan-out for everyone. Salt minions use
+// one to three short topics.
+const (
+	maxSubscriptions = 1024
+	maxTopicLen      = 1024
+)
+
+var errSubscriptions = fmt.Errorf("more than %d subscriptions, or a topic over %d bytes", maxSubscriptions, maxTopicLen)
+
+func (p *peer) subscribe(topic string, on bool) error {
 	p.subMu.Lock()
 	defer p.subMu.Unlock()
+	if on && (len(topic) > maxTopicLen || (p.subs[topic] == 0 && topic != "" && len(p.subs) >= maxSubscriptions)) {
+		return errSubscriptions
+	}
 	switch {
 	case topic == "" && on:
 		p.all++
@@ -484,6 +542,18 @@ func (p *peer) subscribe(topic string, on bool) {
 	default:
 		delete(p.subs, topic)
 	}
+	return nil
+}
+
+// subscribeOrClose applies a subscription change; false (peer over the limits,
+// logged and counted) ends the connection.
+func (s *server) subscribeOrClose(p *peer, topic string, on bool) bool {
+	if err := p.subscribe(topic, on); err != nil {
+		s.countDrop("subscriptions", 1)
+		s.warn("subscriptions", "subscriber over the subscription limits; connection closed", "remote", p.remote, "err", err)
+		return false
+	}
+	return true
 }
 
 func (p *peer) matches(topic []byte) bool {
@@ -503,7 +573,6 @@ func (p *peer) matches(topic []byte) bool {
 // writeLoop sends what is queued, batching everything available into one flush,
 // each flush under a write deadline; and PINGs when heartbeats are on.
 func (s *server) writeLoop(p *peer) {
-	bw := bufio.NewWriterSize(p.conn, 4<<10)
 	var tick <-chan time.Time
 	if s.opts.HeartbeatInterval > 0 {
 		t := time.NewTicker(s.opts.HeartbeatInterval)
@@ -521,34 +590,23 @@ func (s *server) writeLoop(p *peer) {
 		case <-tick:
 			if time.Since(time.Unix(0, p.lastRecv.Load())) > s.opts.HeartbeatTimeout {
 				s.countDrop("heartbeat_timeout", 1)
-				s.log.Info("peer silent past the heartbeat timeout; connection closed", "remote", p.remote)
+				s.logLimited(slog.LevelInfo, "heartbeat_timeout", "peer silent past the heartbeat timeout; connection closed", "remote", p.remote)
 				p.shutdown()
 				return
 			}
-			ttl := binary.BigEndian.AppendUint16(nil, uint16(s.opts.HeartbeatTimeout/(100*time.Millisecond)))
+			// The TTL field counts tenths of a second in 16 bits.
+			ttl := binary.BigEndian.AppendUint16(nil, uint16(min(s.opts.HeartbeatTimeout/(100*time.Millisecond), 0xffff)))
 			batch = []item{{frames: [][]byte{command("PING", ttl)}, command: true}}
 		}
 		if len(batch) == 0 {
 			continue
 		}
 		_ = p.conn.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
-		var n uint64
-		var err error
-		for _, it := range batch {
-			if err = writeMessage(bw, it.frames, it.command); err != nil {
-				break
-			}
-			for _, f := range it.frames {
-				n += uint64(len(f))
-			}
-		}
-		if err == nil {
-			err = bw.Flush()
-		}
+		n, err := writeBatch(p.conn, batch)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				s.countDrop("write_timeout", 1)
-				s.log.Warn("peer stopped reading; disconnected so it cannot hold up others", "remote", p.remote, "write_timeout", s.opts.WriteTimeout)
+				s.warn("write_timeout", "peer stopped reading; disconnected so it cannot hold up others", "remote", p.remote, "write_timeout", s.opts.WriteTimeout)
 			}
 			p.shutdown()
 			return
@@ -556,6 +614,52 @@ func (s *server) writeLoop(p *peer) {
 		s.bytesOut.Add(n)
 		s.msgsOut.Add(uint64(len(batch)))
 	}
+}
+
+// copyLimit is the largest frame copied into a batch's scratch buffer; larger ones
+// go out from where they are (a PUB message's frames are shared by every peer).
+const copyLimit = 512
+
+// scratchPool holds batch buffers, so an idle peer holds no write buffer at all.
+var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
+
+// writeBatch writes a batch of messages with one writev: frame headers and small
+// frames are copied into a pooled scratch buffer, large frames are referenced.
+func writeBatch(c net.Conn, batch []item) (uint64, error) {
+	sp := scratchPool.Get().(*[]byte)
+	buf := (*sp)[:0]
+	bufs := make(net.Buffers, 0, 8)
+	start := 0
+	var n uint64
+	for _, it := range batch {
+		for i, f := range it.frames {
+			var flags byte
+			if it.command {
+				flags = flagCommand
+			} else if i < len(it.frames)-1 {
+				flags = flagMore
+			}
+			buf = appendFrameHeader(buf, flags, len(f))
+			if len(f) <= copyLimit {
+				buf = append(buf, f...)
+			} else {
+				// Earlier segments keep pointing into buf's old array if append
+				// reallocates it; that array stays valid while they do.
+				bufs = append(bufs, buf[start:], f)
+				start = len(buf)
+			}
+			n += uint64(len(f))
+		}
+	}
+	if start < len(buf) {
+		bufs = append(bufs, buf[start:])
+	}
+	_, err := bufs.WriteTo(c)
+	if cap(buf) <= 64<<10 { // do not let one huge batch pin a huge buffer
+		*sp = buf[:0]
+		scratchPool.Put(sp)
+	}
+	return n, err
 }
 
 // Pub is a PUB socket server: Publish fans a message out to every subscribed peer.
@@ -575,11 +679,12 @@ func NewPub(ln net.Listener, o Options) *Pub {
 	s := newServer(kindPub, ln, o)
 	s.onReady = func(*peer) bool { return true }
 	s.onGone = func(*peer) {}
-	s.onMsg = func(p *peer, frames [][]byte) {
+	s.onMsg = func(p *peer, frames [][]byte) bool {
 		// ZMTP 3.0 subscriptions are data messages: 0x01 topic / 0x00 topic.
 		if len(frames) == 1 && len(frames[0]) > 0 && frames[0][0] <= 1 {
-			p.subscribe(string(frames[0][1:]), frames[0][0] == 1)
+			return s.subscribeOrClose(p, string(frames[0][1:]), frames[0][0] == 1)
 		}
+		return true
 	}
 	s.start()
 	return &Pub{s: s}
@@ -647,10 +752,14 @@ func NewRouter(ln net.Listener, o Options) *Router {
 	r.nextID.Store(rand.Uint32())
 	s.onReady = r.register
 	s.onGone = r.unregister
-	s.onMsg = func(p *peer, frames [][]byte) {
+	s.onMsg = func(p *peer, frames [][]byte) bool {
+		// A full RecvQueue holds this peer's reader, and so its TCP window: back
+		// pressure on the sender rather than drops or unbounded memory.
 		select {
 		case r.in <- Message{Identity: p.identity, Frames: frames, Remote: p.remote}:
+			return true
 		case <-p.done:
+			return false
 		}
 	}
 	s.start()

@@ -2,7 +2,7 @@
 
 usage: libzmq_peer.py MODE ENDPOINT [options]; prints one JSON line with the result.
   sub ENDPOINT --subs S1,S2|'' --none --idle SECONDS   count messages per first frame
-  req ENDPOINT --clients N --rounds K                   N REQ sockets, K request rounds each
+  req ENDPOINT --clients N --rounds K --identity ID     N REQ sockets, K request rounds each
   dealer ENDPOINT --identity ID --rounds K              DEALER with an identity
   heartbeat ENDPOINT --ivl MS --sleep S                 REQ with ZMQ_HEARTBEAT_IVL, two requests S apart
 """
@@ -46,6 +46,8 @@ def req(a, ctx):
     for i in range(a.clients):
         r = ctx.socket(zmq.REQ)
         r.setsockopt(zmq.LINGER, 0)
+        if a.identity:
+            r.setsockopt(zmq.IDENTITY, (a.identity if a.clients == 1 else "%s-%d" % (a.identity, i)).encode())
         r.connect(a.endpoint)
         socks.append(r)
     poller = zmq.Poller()

@@ -31,7 +31,7 @@ if a.mode == "router":
     except zmq.ContextTerminated:
         pass
 elif a.mode == "pub":
-    s = ctx.socket(zmq.PUB); s.bind(a.ep)
+    s = ctx.socket(zmq.PUB); s.setsockopt(zmq.SNDHWM, 0); s.bind(a.ep)
     out(event="ready")
     msg = b"x" * a.size
     time.sleep(1.0)  # let subscribers connect (they report themselves ready to the Go side)
