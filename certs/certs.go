@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -85,9 +86,12 @@ func (ca *keyPair) issue(name string, role Role, hosts []string) (*keyPair, erro
 	}
 	switch role {
 	case RoleCore:
+		if len(hosts) == 0 {
+			return nil, errors.New("a core certificate needs at least one host (the DNS name or IP edges dial)")
+		}
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 		for _, h := range hosts {
-			if ip := net.ParseIP(h); ip != nil {
+			if ip := net.ParseIP(strings.Trim(h, "[]")); ip != nil {
 				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
 			} else {
 				tmpl.DNSNames = append(tmpl.DNSNames, h)
@@ -216,7 +220,9 @@ func serverConfig(pool *x509.CertPool, cert tls.Certificate, allow []string) *tl
 		Certificates: []tls.Certificate{cert},
 		// The chain is verified in VerifyConnection rather than by crypto/tls, so that
 		// every refusal, an unknown CA included, passes through one place the listener logs.
-		ClientAuth: tls.RequireAnyClientCert,
+		// RequestClientCert (not Require...) so that a client without any certificate
+		// also reaches VerifyConnection, which refuses it, and the refusal is logged.
+		ClientAuth: tls.RequestClientCert,
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 {
 				return errors.New("peer presented no client certificate: an edge needs one from 'broker certs issue --role edge'")
@@ -227,11 +233,28 @@ func serverConfig(pool *x509.CertPool, cert tls.Certificate, allow []string) *tl
 			}
 			leaf := cs.PeerCertificates[0]
 			if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-				return fmt.Errorf("certificate %q not trusted: %w (was it issued by this deployment's CA?)", leaf.Subject.CommonName, err)
+				return explainVerify(leaf, err)
 			}
 			return roleCheck(cs)
 		},
 	}
+}
+
+// explainVerify names the usual causes of a failed chain check in operator terms.
+func explainVerify(leaf *x509.Certificate, err error) error {
+	name := leaf.Subject.CommonName
+	var ua x509.UnknownAuthorityError
+	var inv x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &ua):
+		return fmt.Errorf("certificate %q not trusted: it was issued by another CA (%q), not this deployment's: %w", name, leaf.Issuer.CommonName, err)
+	case errors.As(err, &inv) && inv.Reason == x509.Expired:
+		return fmt.Errorf("certificate %q not trusted: outside its validity %s .. %s (re-issue it, or check the clocks): %w",
+			name, leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339), err)
+	case errors.As(err, &inv) && inv.Reason == x509.IncompatibleUsage:
+		return fmt.Errorf("certificate %q not trusted: its key usage does not allow this role (a core certificate used as an edge?): %w", name, err)
+	}
+	return fmt.Errorf("certificate %q not trusted: %w (was it issued by this deployment's CA?)", name, err)
 }
 
 func clientConfig(pool *x509.CertPool, cert tls.Certificate) *tls.Config {
@@ -241,6 +264,24 @@ func clientConfig(pool *x509.CertPool, cert tls.Certificate) *tls.Config {
 		RootCAs:          pool,
 		VerifyConnection: checkPeer(RoleCore, nil),
 	}
+}
+
+// checkOwn catches an edge/core certificate mix-up at start-up instead of as refused
+// handshakes on the other side of the WAN. Whether our own certificate chains to the
+// CA we trust is deliberately not checked: the peer may trust more than we do, and
+// the peer's refusal (logged there) is the authoritative answer.
+func checkOwn(cert tls.Certificate, want Role, file string) error {
+	leaf := cert.Leaf
+	if leaf == nil {
+		var err error
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return fmt.Errorf("parse %s: %w", file, err)
+		}
+	}
+	if got := roleOf(leaf); got != want {
+		return fmt.Errorf("certificate %s (%q) has role %q, but this side needs a %s certificate", file, leaf.Subject.CommonName, got, want)
+	}
+	return nil
 }
 
 // LoadServer builds the core's TLS config: TLS 1.3 only, a client certificate from
@@ -253,6 +294,9 @@ func LoadServer(caFile, certFile, keyFile string, allowEdges []string) (*tls.Con
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("load core certificate %s: %w", certFile, err)
+	}
+	if err := checkOwn(cert, RoleCore, certFile); err != nil {
+		return nil, err
 	}
 	return serverConfig(pool, cert, allowEdges), nil
 }
@@ -268,6 +312,9 @@ func LoadClient(caFile, certFile, keyFile string) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load edge certificate %s: %w", certFile, err)
 	}
+	if err := checkOwn(cert, RoleEdge, certFile); err != nil {
+		return nil, err
+	}
 	return clientConfig(pool, cert), nil
 }
 
@@ -276,8 +323,12 @@ type Ephemeral struct {
 	Server, Client *tls.Config
 }
 
-// NewEphemeral makes a fresh CA, a core certificate for hosts and an edge certificate.
+// NewEphemeral makes a fresh CA, a core certificate for hosts (default: localhost and
+// the loopback addresses) and an edge certificate.
 func NewEphemeral(hosts []string) (*Ephemeral, error) {
+	if len(hosts) == 0 {
+		hosts = []string{"localhost", "127.0.0.1", "::1"}
+	}
 	ca, err := newCA()
 	if err != nil {
 		return nil, err

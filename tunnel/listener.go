@@ -5,10 +5,16 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/quic-go/quic-go"
 )
@@ -25,7 +31,17 @@ type Listener struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	once     sync.Once
+
+	handshakesRefused atomic.Uint64
+
+	// live holds every session handed out, so Close can tell each peer the core is
+	// going away instead of leaving it to find out by idle timeout.
+	liveMu sync.Mutex
+	live   map[Session]struct{}
 }
+
+// maxPendingHandshakes bounds concurrent TCP handshakes (each lasts at most HandshakeTimeout).
+const maxPendingHandshakes = 1024
 
 // Listen binds addr on UDP and TCP. With port 0, both get the same free port.
 func Listen(addr string, cfg Config) (*Listener, error) {
@@ -73,13 +89,31 @@ func bindPair(addr string) (net.PacketConn, net.Listener, error) {
 	return udp, tcp, nil
 }
 
-// loggingTLS logs every refused peer with its address and what to do.
+const certHint = "issue the edge a certificate from this core's CA ('broker certs issue --role edge') and list it in the allow-list if one is set"
+
+// refusedError marks a refusal decided by our TLS hooks: its text is the reason.
+type refusedError struct{ error }
+
+func (e refusedError) Unwrap() error { return e.error }
+
+// loggingTLS logs every refused peer with its address and what to do. It works for
+// both transports: quic-go hands GetConfigForClient a conn carrying the peer address.
 func (l *Listener) loggingTLS(base *tls.Config) *tls.Config {
 	cfg := base.Clone()
 	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		remote := "unknown"
 		if hello.Conn != nil {
 			remote = hello.Conn.RemoteAddr().String()
+		}
+		// Over TCP the handshake goroutine logs every failure itself ("tcp peer refused"),
+		// with these reasons; only QUIC refusals, which never reach our code, are logged here.
+		_, overTCP := hello.Conn.(*countingConn)
+		if !slices.Contains(hello.SupportedProtos, ALPN) {
+			err := fmt.Errorf("wrong ALPN: client offers %q, want %q: not a salt-broker edge, or an incompatible version", hello.SupportedProtos, ALPN)
+			if !overTCP {
+				l.log.Warn("edge refused", "remote", remote, "reason", err)
+			}
+			return nil, refusedError{err}
 		}
 		c := base.Clone()
 		verify := base.VerifyConnection
@@ -88,14 +122,33 @@ func (l *Listener) loggingTLS(base *tls.Config) *tls.Config {
 				return nil
 			}
 			if err := verify(cs); err != nil {
-				l.log.Warn("edge refused", "remote", remote, "reason", err)
-				return err
+				if !overTCP {
+					l.log.Warn("edge refused", "remote", remote, "reason", err, "hint", certHint)
+				}
+				return refusedError{err}
 			}
 			return nil
 		}
 		return c, nil
 	}
 	return cfg
+}
+
+// explainHandshake turns a TCP handshake failure into what an operator can act on.
+func explainHandshake(err error, timeout time.Duration) string {
+	var rh tls.RecordHeaderError
+	var ne net.Error
+	switch {
+	case errors.As(err, &rh):
+		return "not TLS: garbage or a plain-text client; only salt-broker edges belong on this port"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return fmt.Sprintf("no TLS handshake within %s: an idle client, a port scanner or a very slow link", timeout)
+	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET):
+		return "closed during the TLS handshake: a port probe, or an edge that did not accept this core's certificate"
+	case strings.Contains(err.Error(), "remote error"):
+		return "the client refused this core's certificate: the edge must trust this core's CA and dial a name the core certificate covers"
+	}
+	return "TLS handshake failed"
 }
 
 func (l *Listener) acceptQUIC() {
@@ -114,25 +167,59 @@ func (l *Listener) acceptQUIC() {
 }
 
 func (l *Listener) acceptTCP(tlsCfg *tls.Config) {
+	sem := make(chan struct{}, maxPendingHandshakes)
+	var backoff time.Duration
 	for {
 		raw, err := l.tcp.Accept()
 		if err != nil {
-			if l.ctx.Err() != nil {
+			if l.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			// EMFILE, ENFILE, ECONNABORTED...: returning here would leave the port open
+			// but never served again, silently killing the TCP fallback. Back off and retry.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			if backoff == 5*time.Millisecond || backoff == time.Second {
+				l.log.Error("tcp accept failed; retrying", "err", err, "backoff", backoff,
+					"hint", "out of file descriptors? raise the open-files limit (ulimit -n / LimitNOFILE)")
 			}
-			l.log.Error("tcp accept failed", "err", err)
-			return
+			select {
+			case <-time.After(backoff):
+			case <-l.ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		select {
+		case sem <- struct{}{}:
+		default:
+			// A flood of idle connections must not grow goroutines without bound.
+			n := l.handshakesRefused.Add(1)
+			if n&(n-1) == 0 {
+				l.log.Warn("tcp peer refused: too many TLS handshakes in progress", "remote", raw.RemoteAddr(),
+					"limit", cap(sem), "refused_total", n)
+			}
+			_ = raw.Close()
+			continue
 		}
 		// Handshakes run beside the accept loop: one silent client never blocks others.
 		l.wg.Go(func() {
+			defer func() { <-sem }()
 			s, err := serverTCP(l.ctx, raw, tlsCfg, l.cfg)
 			if err != nil {
-				if l.ctx.Err() == nil {
-					l.log.Warn("tcp peer refused: not a salt-broker edge with a valid certificate", "remote", raw.RemoteAddr(), "err", err)
+				if l.ctx.Err() != nil {
+					return
+				}
+				var refused refusedError
+				if errors.As(err, &refused) {
+					hint := certHint
+					if strings.HasPrefix(refused.Error(), "wrong ALPN") {
+						hint = "only salt-broker edges of the same protocol version belong on this port"
+					}
+					l.log.Warn("tcp peer refused", "remote", raw.RemoteAddr(), "reason", refused.error, "hint", hint)
+				} else {
+					l.log.Warn("tcp peer refused", "remote", raw.RemoteAddr(),
+						"reason", explainHandshake(err, l.cfg.HandshakeTimeout), "err", err)
 				}
 				return
 			}
@@ -142,6 +229,18 @@ func (l *Listener) acceptTCP(tlsCfg *tls.Config) {
 }
 
 func (l *Listener) deliver(s Session) {
+	l.liveMu.Lock()
+	if l.live == nil {
+		l.live = make(map[Session]struct{})
+	}
+	l.live[s] = struct{}{}
+	l.liveMu.Unlock()
+	// Runs once, when the session ends: the set only holds live sessions.
+	context.AfterFunc(s.Context(), func() {
+		l.liveMu.Lock()
+		delete(l.live, s)
+		l.liveMu.Unlock()
+	})
 	select {
 	case l.sessions <- s:
 	case <-l.ctx.Done():
@@ -167,10 +266,22 @@ func (l *Listener) Addr() net.Addr { return l.udp.LocalAddr() }
 // TCPAddr is the TCP address (same port).
 func (l *Listener) TCPAddr() net.Addr { return l.tcp.Addr() }
 
-// Close stops both listeners. QUIC sessions share the UDP socket and end with it.
+// Close stops both listeners and ends every session they accepted, with a reason the
+// QUIC peer sees at once (a TCP peer sees the connection close). QUIC sessions share
+// the UDP socket and could not outlive it anyway; closing them first means edges
+// reconnect at once instead of after IdleTimeout.
 func (l *Listener) Close() error {
 	l.once.Do(func() {
 		l.cancel()
+		l.liveMu.Lock()
+		live := make([]Session, 0, len(l.live))
+		for s := range l.live {
+			live = append(live, s)
+		}
+		l.liveMu.Unlock()
+		for _, s := range live {
+			_ = s.CloseWithError("core listener closed")
+		}
 		_ = l.quic.Close()
 		_ = l.tcp.Close()
 		l.wg.Wait()

@@ -50,9 +50,18 @@ func dialMaybeProxy(ctx context.Context, addr string, proxy ProxyFunc) (net.Conn
 		}
 		return c, nil
 	}
-	c, err := d.DialContext(ctx, "tcp", pu.Host)
+	// HTTPS_PROXY may name any scheme; only a plain-text CONNECT proxy is spoken here,
+	// and sending CONNECT in clear to a TLS or SOCKS port would fail obscurely.
+	if pu.Scheme != "http" {
+		return nil, fmt.Errorf("proxy %s: scheme %q is not supported, only http:// CONNECT proxies", pu.Redacted(), pu.Scheme)
+	}
+	proxyAddr := pu.Host
+	if pu.Port() == "" { // HTTPS_PROXY=http://proxy.example is common; 80 is what curl assumes
+		proxyAddr = net.JoinHostPort(pu.Hostname(), "80")
+	}
+	c, err := d.DialContext(ctx, "tcp", proxyAddr)
 	if err != nil {
-		return nil, fmt.Errorf("dial proxy %s: %w", pu.Host, err)
+		return nil, fmt.Errorf("dial proxy %s: %w", proxyAddr, err)
 	}
 	if err := connect(ctx, c, addr, pu); err != nil {
 		_ = c.Close()
