@@ -9,8 +9,8 @@ import (
 )
 
 // Long, lossy paths in the packet-level lab: the edge and its minions in namespace A,
-// the core and the master in namespace B, every packet between them (QUIC here)
-// delayed and dropped by the lab. Minions time out and retry their returns as Salt
+// the core and the master in namespace B, every packet between them
+// delayed and dropped by the lab, over QUIC and over the TCP fallback. Minions time out and retry their returns as Salt
 // does (5–10 s, 3 tries). Every publication reaches every minion in order, every
 // return reaches the master exactly once, every reply reaches its minion.
 func TestWANProfiles(t *testing.T) {
@@ -21,11 +21,13 @@ func TestWANProfiles(t *testing.T) {
 		{"150ms-rtt-1pct-bursty", wan.Profile{Delay: 75 * time.Millisecond, Jitter: 5 * time.Millisecond, BurstP: 0.005, BurstR: 0.4}},
 		{"300ms-rtt-5pct", wan.Profile{Delay: 150 * time.Millisecond, Jitter: 10 * time.Millisecond, Loss: 0.05}},
 	} {
-		t.Run(c.name, func(t *testing.T) { testWAN(t, c.p) })
+		for _, tr := range []string{"quic", "tcp"} {
+			t.Run(c.name+"/"+tr, func(t *testing.T) { testWAN(t, c.p, tr) })
+		}
 	}
 }
 
-func testWAN(t *testing.T, p wan.Profile) {
+func testWAN(t *testing.T, p wan.Profile, transport string) {
 	ctx := ctxFor(t, 3*time.Minute)
 	netlab, err := wan.NewLab(p)
 	if err != nil {
@@ -41,7 +43,7 @@ func testWAN(t *testing.T, p wan.Profile) {
 	pair := harness.StartPair(t, harness.PairOpts{
 		MasterPubPort: master.PubPort, RetPort: master.RetPort,
 		CoreIP: wan.AddrB, CoreWrap: inB, CoreNS: netlab.NSB,
-		EdgeWrap: inA, EdgeNS: netlab.NSA, EdgeArgs: []string{"--transport", "quic"},
+		EdgeWrap: inA, EdgeNS: netlab.NSA, EdgeArgs: []string{"--transport", transport},
 	})
 	mins := harness.StartMinions(t, harness.MinionOpts{
 		Master: pair.EdgeIP, PubPort: pair.EdgePub, RetPort: pair.EdgeRet, Count: 30, IDPrefix: "w", Wrap: inA,

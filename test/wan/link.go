@@ -21,13 +21,19 @@ type Link struct {
 
 // NewLink listens on 127.0.0.1 (UDP and TCP, same port) and forwards to target.
 func NewLink(target string, p Profile) (*Link, error) {
-	px, err := NewUDPProxy("127.0.0.1:0", target, p)
-	if err != nil {
-		return nil, err
-	}
-	tcp, err := net.Listen("tcp", px.Addr())
-	if err != nil {
+	var px *UDPProxy
+	var tcp net.Listener
+	var err error
+	for range 20 { // the free UDP port may be taken on TCP (parallel tests): try another
+		if px, err = NewUDPProxy("127.0.0.1:0", target, p); err != nil {
+			return nil, err
+		}
+		if tcp, err = net.Listen("tcp", px.Addr()); err == nil {
+			break
+		}
 		_ = px.Close()
+	}
+	if err != nil {
 		return nil, err
 	}
 	l := &Link{UDPProxy: px, tcp: tcp, target: target, conns: map[net.Conn]struct{}{}}

@@ -21,7 +21,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
@@ -46,11 +45,13 @@ func main() {
 		return
 	}
 	fmt.Printf("clients: pyzmq (libzmq %s) in several processes; %d CPUs shared by server and clients; best of %d runs\n", libzmqVersion(), runtime.NumCPU(), *runs)
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "benchmark\tlibzmq\tzmq4\tours\tours/libzmq\tzmq4/libzmq\t")
+	// Fixed widths rather than a tabwriter: rows are printed as each case ends,
+	// so a long run shows progress, and columns still line up.
+	const nameW = 62
+	fmt.Printf("%-*s %9s %9s %9s %12s %12s\n", nameW, "benchmark", "libzmq", "zmq4", "ours", "ours/libzmq", "zmq4/libzmq")
 	row := func(name string, v [3]float64, format string) {
-		fmt.Fprintf(w, "%s\t"+format+"\t"+format+"\t"+format+"\t%.2f×\t%.2f×\t\n", name, v[0], v[1], v[2], v[2]/v[0], v[1]/v[0])
-		_ = w.Flush()
+		c := func(x float64) string { return fmt.Sprintf(format, x) }
+		fmt.Printf("%-*s %9s %9s %9s %11.2f× %11.2f×\n", nameW, name, c(v[0]), c(v[1]), c(v[2]), v[2]/v[0], v[1]/v[0])
 	}
 	for _, clients := range []int{50, 500} {
 		if !run("router") {
@@ -87,8 +88,7 @@ func main() {
 		return
 	}
 	kib := idleMemory(*peers)
-	fmt.Fprintf(w, "memory per idle peer (RSS), %d peers\t\t\t%.1f KiB\t\t\t\n", *peers, kib)
-	_ = w.Flush()
+	fmt.Printf("%-*s %9s %9s %9s\n", nameW, fmt.Sprintf("memory per idle peer (RSS), %d peers", *peers), "", "", fmt.Sprintf("%.1f KiB", kib))
 }
 
 func libzmqVersion() string {
