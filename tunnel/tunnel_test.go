@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -21,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/salt-broker/salt-broker/certs"
+	"github.com/salt-broker/salt-broker/test/harness"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -296,39 +296,14 @@ func TestAutoFallsBackToTCPWhenUDPIsBlocked(t *testing.T) {
 	wg.Wait()
 }
 
-// connectProxy is a small HTTP CONNECT proxy: it answers status (200 splices).
+// connectProxy answers status, or 407 without the expected basic credentials.
 func connectProxy(t *testing.T, status int, wantAuth string) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil || req.Method != http.MethodConnect {
-					return
-				}
-				code := status
-				if wantAuth != "" && req.Header.Get("Proxy-Authorization") != "Basic "+base64.StdEncoding.EncodeToString([]byte(wantAuth)) {
-					code = http.StatusProxyAuthRequired
-				}
-				_, _ = fmt.Fprintf(c, "HTTP/1.1 %d %s\r\n\r\n", code, http.StatusText(code))
-				if code == http.StatusOK {
-					splice(c, req.Host)
-				}
-			})
+	return harness.ConnectProxy(t, func(req *http.Request) int {
+		if wantAuth != "" && req.Header.Get("Proxy-Authorization") != "Basic "+base64.StdEncoding.EncodeToString([]byte(wantAuth)) {
+			return http.StatusProxyAuthRequired
 		}
+		return status
 	})
-	return ln.Addr().String()
 }
 
 func TestHTTPConnectProxy(t *testing.T) {

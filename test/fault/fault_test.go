@@ -5,29 +5,16 @@ package fault
 
 import (
 	"context"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/salt-broker/salt-broker/test/harness"
 	"github.com/salt-broker/salt-broker/test/wan"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	harness.RemoveBuilds()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			os.Stderr.WriteString("goleak: " + err.Error() + "\n")
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m) }
 
 type lab struct {
 	master  *harness.Master

@@ -1,11 +1,7 @@
 package fault
 
 import (
-	"bufio"
 	"context"
-	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -122,7 +118,7 @@ func TestThroughHTTPProxy(t *testing.T) {
 	ctx := ctxFor(t, 2*time.Minute)
 	var mu sync.Mutex
 	status := http.StatusProxyAuthRequired
-	proxy := connectProxy(t, func() int { mu.Lock(); defer mu.Unlock(); return status })
+	proxy := harness.ConnectProxy(t, func(*http.Request) int { mu.Lock(); defer mu.Unlock(); return status })
 	m := harness.StartMaster(t, harness.MasterOpts{})
 	var link *wan.Link
 	pair := harness.StartPairNoWait(t, harness.PairOpts{
@@ -160,45 +156,4 @@ func TestThroughHTTPProxy(t *testing.T) {
 	if res, err := mins.Request(ctx, harness.RequestOpts{Count: 5, Size: 500, ReplySize: 99}); err != nil || res.OK != res.Total {
 		t.Errorf("requests through the proxy: %+v %v", res, err)
 	}
-}
-
-// connectProxy is a small HTTP CONNECT proxy on loopback answering status().
-func connectProxy(t *testing.T, status func() int) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil || req.Method != http.MethodConnect {
-					return
-				}
-				code := status()
-				fmt.Fprintf(c, "HTTP/1.1 %d %s\r\n\r\n", code, http.StatusText(code))
-				if code != http.StatusOK {
-					return
-				}
-				u, err := net.Dial("tcp", req.Host)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				done := make(chan struct{}, 2)
-				go func() { _, _ = io.Copy(u, c); done <- struct{}{} }()
-				go func() { _, _ = io.Copy(c, u); done <- struct{}{} }()
-				<-done
-			})
-		}
-	})
-	return ln.Addr().String()
 }

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // PythonPath is the interpreter the peers need: Debian's, which carries
@@ -189,4 +191,18 @@ func waitReady(t testing.TB, p *Proc) map[string]any {
 		t.Fatalf("%s failed to start: %v", p.Name, ev["error"])
 	}
 	return ev
+}
+
+// Main runs a package's tests that start brokers and peers: it removes the broker
+// build afterwards and, when the tests passed, fails on leaked goroutines.
+func Main(m *testing.M) {
+	code := m.Run()
+	RemoveBuilds()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
