@@ -321,3 +321,23 @@ func TestOversizeFromMasterIsDroppedAndCounted(t *testing.T) {
 		t.Errorf("the edge reconnected %v times", n)
 	}
 }
+
+// The core keeps at most --max-in-flight requests at the master: a burst drains at
+// the master's pace instead of landing on it at once (DESIGN invariant 4).
+func TestCorePacesTheMaster(t *testing.T) {
+	ctx := ctxFor(t, 2*time.Minute)
+	s := startAll(t, harness.PairOpts{CoreArgs: []string{"--max-in-flight", "2"}})
+	mins := s.minions(t, harness.MinionOpts{Count: 10, IDPrefix: "pace"})
+	if err := s.master.SetReplyPolicy(ctx, harness.ReplyPolicy{Delay: 500 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	res, err := mins.Request(ctx, harness.RequestOpts{Count: 1, Size: 500, ReplySize: 99, Timeout: 30 * time.Second})
+	if err != nil || res.OK != 10 {
+		t.Fatalf("paced requests: %+v %v", res, err)
+	}
+	// 10 requests, each held 0.5 s by the master, at most 2 at a time: ≥ 2.5 s.
+	if took := time.Since(start); took < 2400*time.Millisecond {
+		t.Errorf("10 × 0.5 s requests finished in %s: more than 2 were at the master at once", took)
+	}
+}
