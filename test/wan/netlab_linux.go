@@ -100,11 +100,22 @@ func (l *Lab) tun(dev, ns, local, peer string) (*os.File, error) {
 		return nil, err
 	}
 	f := os.NewFile(uintptr(fd), dev)
+	defer func() {
+		// New namespaces inherit the host's TCP congestion control (bbr here), which
+		// shrugs off random loss; the baselines should suffer it as common TCP does.
+		for _, cc := range []string{"cubic", "reno"} {
+			if exec.Command("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_congestion_control="+cc).Run() == nil {
+				return
+			}
+		}
+	}()
 	for _, args := range [][]string{
 		{"link", "set", "dev", dev, "netns", ns},
 		{"-n", ns, "link", "set", "lo", "up"},
 		{"-n", ns, "addr", "add", local, "peer", peer, "dev", dev},
-		{"-n", ns, "link", "set", dev, "mtu", "1500", "up"},
+		// A long device queue: the default 500 packets drops bursts at the sender,
+		// losses nobody configured and no counter shows.
+		{"-n", ns, "link", "set", dev, "mtu", "1500", "txqueuelen", "10000", "up"},
 	} {
 		if err := ip(args...); err != nil {
 			_ = f.Close()
