@@ -317,3 +317,29 @@ func TestHeartbeatDropsSilentPeer(t *testing.T) {
 		t.Errorf("drops: %v", r.Stats().Drops)
 	}
 }
+
+// A bare TCP connect-and-close, as Salt's minion does to probe the ret port, is a
+// closed connection, not a bad greeting, even when it ends in a reset.
+func TestProbeConnectionIsNotABadGreeting(t *testing.T) {
+	r, err := ListenRouter("127.0.0.1:0", Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for i := 0; i < 3; i++ {
+		c, err := net.Dial("tcp", r.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond) // our greeting arrives unread
+		_ = c.(*net.TCPConn).SetLinger(0) // close with a reset
+		_ = c.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for r.Stats().HandshakeFailures[causeClosed] < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := r.Stats(); st.HandshakeFailures[causeClosed] != 3 || st.HandshakeFailures[causeBadGreeting] != 0 {
+		t.Errorf("probe connections counted as %v", st.HandshakeFailures)
+	}
+}

@@ -313,15 +313,16 @@ func (s *server) serve(c net.Conn) {
 	br := bufio.NewReaderSize(c, s.opts.ReadBufferSize)
 	props, err := s.handshake(c, br)
 	if err != nil {
-		cause := causeBadGreeting
+		// Only what the peer sent can be a bad greeting; any other error is the
+		// connection going away (EOF, or a reset: Salt's minion probes the ret port
+		// with a bare TCP connect and close before it starts, salt-wire-facts §1).
+		cause := causeClosed
 		var he *handshakeError
 		switch {
 		case errors.As(err, &he):
 			cause = he.cause
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			cause = causeTimeout
-		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), s.ctx.Err() != nil:
-			cause = causeClosed
 		}
 		s.statMu.Lock()
 		s.hsFail[cause]++
