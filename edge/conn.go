@@ -28,6 +28,21 @@ type conn struct {
 	rtt      atomic.Int64 // nanos
 
 	handover tunnel.Session // set by probeQUIC before it ends the connection
+
+	goMu    sync.Mutex // orders goWork against run's final wg.Wait
+	stopped bool       // run is waiting for its goroutines: start no more
+}
+
+// goWork starts f on this connection unless the connection is ending; false means
+// the caller must hand its work to the next connection.
+func (c *conn) goWork(f func()) bool {
+	c.goMu.Lock()
+	defer c.goMu.Unlock()
+	if c.stopped {
+		return false
+	}
+	c.wg.Go(f)
+	return true
 }
 
 var (
@@ -212,6 +227,9 @@ func (c *conn) run() error {
 	<-c.ctx.Done()
 	reason := context.Cause(c.ctx)
 	_ = c.sess.CloseWithError(reason.Error())
+	c.goMu.Lock()
+	c.stopped = true // the dispatcher may still hold this conn: no Add during Wait
+	c.goMu.Unlock()
 	c.wg.Wait()
 	return reason
 }
@@ -383,20 +401,20 @@ func (c *conn) runPubs() {
 
 // goRequest carries one request on its own stream of this connection.
 func (c *conn) goRequest(r *edgeReq) {
-	c.wg.Go(func() {
+	started := c.goWork(func() {
 		switch err := c.exchange(r); {
 		case err == nil:
 		case c.ctx.Err() != nil:
 			c.e.reqs.requeue(r) // the next connection re-sends it under the same ID
 		default:
 			c.log.Debug("request stream failed; re-sending", "err", err)
-			if sleepCtx(c.ctx, 200*time.Millisecond) {
-				c.e.reqs.requeue(r)
-			} else {
-				c.e.reqs.requeue(r)
-			}
+			sleepCtx(c.ctx, 200*time.Millisecond) // no tight loop on a failing stream
+			c.e.reqs.requeue(r)
 		}
 	})
+	if !started {
+		c.e.reqs.requeue(r)
+	}
 }
 
 // exchange sends r and waits for its reply or refusal. An error means the outcome is

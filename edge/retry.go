@@ -196,7 +196,7 @@ func (t *reqTable) retryCancelLater(r *edgeReq) {
 
 // goCancel asks the core to withdraw r's earlier try, then resolves the chain.
 func (c *conn) goCancel(r *edgeReq) {
-	c.wg.Go(func() {
+	started := c.goWork(func() {
 		res, err := c.withdraw(r.replaces.id)
 		if err != nil {
 			c.log.Debug("cancel failed; asking again on the next connection", "err", err)
@@ -206,6 +206,9 @@ func (c *conn) goCancel(r *edgeReq) {
 		c.log.Debug("minion retry resolved", "minion", r.env.ID, "earlier_id", r.replaces.id, "result", res)
 		c.e.reqs.resolveRetry(r, res)
 	})
+	if !started {
+		c.e.reqs.retryCancelLater(r)
+	}
 }
 
 func (c *conn) withdraw(id uint64) (byte, error) {
