@@ -7,8 +7,6 @@ package core
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/salt-broker/salt-broker/internal/wire"
 	"github.com/salt-broker/salt-broker/tunnel"
 )
 
@@ -121,7 +120,7 @@ func New(cfg Config) (*Core, error) {
 	c := &Core{
 		cfg:   cfg,
 		log:   cfg.Logger.With("component", "core"),
-		epoch: randomU64(),
+		epoch: wire.RandomID(),
 		ln:    ln,
 		ring:  newRing(cfg.Ring),
 		table: newTable(cfg.Table),
@@ -183,16 +182,6 @@ func (c *Core) runSweeper(ctx context.Context) {
 			<-c.slots
 		}
 	}
-}
-
-func randomU64() uint64 {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	v := binary.BigEndian.Uint64(b[:])
-	if v == 0 {
-		v = 1
-	}
-	return v
 }
 
 // maxRecord is the largest tunnel record: one message plus its framing.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/salt-broker/salt-broker/internal/waitctx"
 	"github.com/salt-broker/salt-broker/internal/wire"
 )
 
@@ -66,7 +67,7 @@ func (c *Core) runSub(ctx context.Context, sub zmq4.Socket) error {
 			if errs++; errs == 1 {
 				c.log.Warn("reading publications from the master failed; zmq4 reconnects by itself", "err", err)
 			}
-			if !sleepCtx(ctx, 50*time.Millisecond) {
+			if !waitctx.Sleep(ctx, 50*time.Millisecond) {
 				return nil
 			}
 			continue
@@ -140,7 +141,7 @@ func (c *Core) runDealerRecv(ctx context.Context, dealer zmq4.Socket) {
 			if errs++; errs == 1 {
 				c.log.Warn("reading replies from the master failed; zmq4 reconnects by itself", "err", err)
 			}
-			if !sleepCtx(ctx, 50*time.Millisecond) {
+			if !waitctx.Sleep(ctx, 50*time.Millisecond) {
 				return
 			}
 			continue
@@ -209,15 +210,4 @@ func (c *Core) runMaster(ctx context.Context) error {
 		<-done
 	}
 	return nil
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/salt-broker/salt-broker/internal/waitctx"
 	"github.com/salt-broker/salt-broker/internal/wire"
 	"github.com/salt-broker/salt-broker/tunnel"
 )
@@ -76,7 +77,7 @@ func (e *Edge) connectLoop(ctx context.Context) {
 			e.metrics.connectFailures.Inc()
 			e.log.Warn("core refused or broke the handshake; retrying", "err", err, "attempt", failures)
 			_ = sess.CloseWithError("handshake failed")
-			if !sleepCtx(ctx, e.backoff(lastUp, failures)) {
+			if !waitctx.Sleep(ctx, e.backoff(lastUp, failures)) {
 				return
 			}
 			continue
@@ -408,7 +409,7 @@ func (c *conn) goRequest(r *edgeReq) {
 			c.e.reqs.requeue(r) // the next connection re-sends it under the same ID
 		default:
 			c.log.Debug("request stream failed; re-sending", "err", err)
-			sleepCtx(c.ctx, 200*time.Millisecond) // no tight loop on a failing stream
+			waitctx.Sleep(c.ctx, 200*time.Millisecond) // no tight loop on a failing stream
 			c.e.reqs.requeue(r)
 		}
 	})
@@ -463,17 +464,6 @@ func (c *conn) exchange(r *edgeReq) error {
 		return nil
 	default:
 		return fmt.Errorf("unexpected %s answering request %d: %w", typ, r.id, wire.ErrMalformed)
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
 

@@ -7,8 +7,6 @@ package edge
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/salt-broker/salt-broker/internal/wire"
 	"github.com/salt-broker/salt-broker/internal/zmtp"
 	"github.com/salt-broker/salt-broker/tunnel"
 )
@@ -146,7 +145,7 @@ func New(cfg Config) (*Edge, error) {
 	e := &Edge{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "edge"),
-		session: randomU64(),
+		session: wire.RandomID(),
 		connUp:  make(chan struct{}),
 	}
 	e.reqs = newReqTable(e)
@@ -213,10 +212,4 @@ func (e *Edge) setConn(c *conn) {
 		close(e.connUp)
 		e.connUp = make(chan struct{})
 	}
-}
-
-func randomU64() uint64 {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	return binary.BigEndian.Uint64(b[:]) | 1
 }

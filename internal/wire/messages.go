@@ -1,5 +1,10 @@
 package wire
 
+import (
+	"crypto/rand"
+	"encoding/binary"
+)
+
 // Hello opens the control stream of every connection from an edge.
 type Hello struct {
 	Version     uint32
@@ -203,4 +208,12 @@ func DecodeCancelReply(b []byte) (CancelReply, error) {
 	d := NewDecoder(b)
 	m := CancelReply{ID: d.U64(), Result: d.Byte()}
 	return m, d.Err()
+}
+
+// RandomID is a random non-zero 64-bit identifier for edge sessions and core epochs
+// (zero means "none" in Hello and Subscribe).
+func RandomID() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return binary.BigEndian.Uint64(b[:]) | 1
 }
