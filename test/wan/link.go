@@ -80,7 +80,7 @@ func (l *Link) forward(c net.Conn) {
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := src.Read(buf)
-			for l.down.Load() { // a blackout: the bytes wait, as on a dead path
+			for l.imp.down.Load() { // a blackout: the bytes wait, as on a dead path
 				select {
 				case <-l.closed:
 					done <- struct{}{}

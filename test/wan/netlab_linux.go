@@ -3,13 +3,11 @@ package wan
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -24,16 +22,12 @@ type Lab struct {
 	NSA, NSB   string
 	tunA, tunB *os.File
 
-	mu      sync.Mutex
-	profile Profile
-	ge      [2]bool // Gilbert-Elliott state per direction: true = bad
-	down    atomic.Bool
-	noUDP   atomic.Bool
-	closed  chan struct{}
-	once    sync.Once
-	wg      sync.WaitGroup
+	imp    *impairment
+	closed chan struct{}
+	once   sync.Once
+	wg     sync.WaitGroup
 
-	Forwarded, Dropped atomic.Uint64
+	Counters
 }
 
 // Addresses of the two sides.
@@ -51,7 +45,8 @@ var labSeq atomic.Uint32
 func NewLab(p Profile) (*Lab, error) {
 	CleanupStale()
 	id := fmt.Sprintf("%s%d-%d", labPrefix, os.Getpid()%100000, labSeq.Add(1))
-	l := &Lab{Name: id, NSA: id + "-a", NSB: id + "-b", profile: p, closed: make(chan struct{})}
+	l := &Lab{Name: id, NSA: id + "-a", NSB: id + "-b", closed: make(chan struct{})}
+	l.imp = newImpairment(p, &l.Counters)
 	fail := func(err error) (*Lab, error) {
 		_ = l.Close()
 		return nil, err
@@ -68,6 +63,7 @@ func NewLab(p Profile) (*Lab, error) {
 	if l.tunB, err = l.tun(id+"b", l.NSB, AddrB, AddrA); err != nil {
 		return fail(err)
 	}
+	l.wg.Go(func() { l.imp.run(l.closed) })
 	l.wg.Go(func() { l.forward(l.tunA, l.tunB, 0) })
 	l.wg.Go(func() { l.forward(l.tunB, l.tunA, 1) })
 	return l, nil
@@ -126,17 +122,13 @@ func (l *Lab) tun(dev, ns, local, peer string) (*os.File, error) {
 }
 
 // SetProfile changes the impairment from now on.
-func (l *Lab) SetProfile(p Profile) {
-	l.mu.Lock()
-	l.profile = p
-	l.mu.Unlock()
-}
+func (l *Lab) SetProfile(p Profile) { l.imp.setProfile(p) }
 
 // SetDown starts or ends a blackout.
-func (l *Lab) SetDown(down bool) { l.down.Store(down) }
+func (l *Lab) SetDown(down bool) { l.imp.down.Store(down) }
 
 // BlockUDP drops UDP packets only, as a firewall that filters UDP does.
-func (l *Lab) BlockUDP(on bool) { l.noUDP.Store(on) }
+func (l *Lab) BlockUDP(on bool) { l.imp.noUDP.Store(on) }
 
 // Wrap runs a command inside one side's namespace.
 func (l *Lab) Wrap(ns string) func(*exec.Cmd) *exec.Cmd {
@@ -147,67 +139,28 @@ func (l *Lab) Wrap(ns string) func(*exec.Cmd) *exec.Cmd {
 	}
 }
 
-// drop decides one packet's fate in direction dir; it returns the delay otherwise.
-func (l *Lab) drop(pkt []byte, dir int) (time.Duration, bool) {
-	if l.down.Load() {
-		return 0, true
-	}
-	if l.noUDP.Load() && len(pkt) > 9 && pkt[0]>>4 == 4 && pkt[9] == unix.IPPROTO_UDP {
-		return 0, true
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	p := l.profile
-	if p.BurstP > 0 {
-		// Gilbert-Elliott: losses come in bursts while the channel is in its bad state.
-		if l.ge[dir] {
-			l.ge[dir] = rand.Float64() >= p.BurstR
-		} else {
-			l.ge[dir] = rand.Float64() < p.BurstP
-		}
-		if l.ge[dir] {
-			return 0, true
-		}
-	}
-	if p.Loss > 0 && rand.Float64() < p.Loss {
-		return 0, true
-	}
-	d := p.Delay
-	if p.Jitter > 0 {
-		d += time.Duration(rand.Int64N(int64(p.Jitter)))
-	}
-	return d, false
-}
-
-// forward copies packets from one TUN to the other. Delayed packets are released by
-// one timer each; a jitter larger than the packet spacing reorders them, as it does
-// on a real path.
+// forward copies packets from one TUN to the other, direction dir. A jitter larger
+// than the packet spacing reorders them, as it does on a real path.
 func (l *Lab) forward(from, to *os.File, dir int) {
+	write := func(b []byte) { _, _ = to.Write(b) }
 	buf := make([]byte, 65536)
 	for {
 		n, err := from.Read(buf)
 		if err != nil {
 			return
 		}
-		d, drop := l.drop(buf[:n], dir)
-		if drop {
-			l.Dropped.Add(1)
-			continue
-		}
-		l.Forwarded.Add(1)
-		if d <= 0 {
-			_, _ = to.Write(buf[:n])
-			continue
-		}
-		pkt := append([]byte(nil), buf[:n]...)
-		time.AfterFunc(d, func() {
-			select {
-			case <-l.closed:
-			default:
-				_, _ = to.Write(pkt)
-			}
-		})
+		l.imp.send(dir, buf[:n], isUDP(buf[:n]), write)
 	}
+}
+
+func isUDP(pkt []byte) bool {
+	switch {
+	case len(pkt) > 9 && pkt[0]>>4 == 4:
+		return pkt[9] == unix.IPPROTO_UDP
+	case len(pkt) > 6 && pkt[0]>>4 == 6:
+		return pkt[6] == unix.IPPROTO_UDP // without extension headers, as here
+	}
+	return false
 }
 
 // Close stops forwarding and deletes the namespaces (and with them the devices).

@@ -2,6 +2,7 @@ package wan
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -34,6 +35,16 @@ elif mode == "ping":
             pass
     rtts.sort()
     print(got, (rtts[len(rtts)//2] * 1000) if rtts else 0)
+elif mode == "burst":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.5); got = 0
+    for i in range(int(sys.argv[2])):
+        s.sendto(b"x" * 100, ("198.18.0.2", 9000)); time.sleep(0.001)
+    try:
+        while True:
+            s.recvfrom(2048); got += 1
+    except socket.timeout:
+        pass
+    print(got)
 elif mode == "tcp":
     c = socket.create_connection(("198.18.0.2", 9001), timeout=20); t = time.time()
     c.sendall(b"y" * int(sys.argv[2])); c.shutdown(socket.SHUT_WR)
@@ -113,4 +124,59 @@ func TestPacketLab(t *testing.T) {
 		t.Errorf("after the blackout: %d/5", got)
 	}
 	t.Logf("forwarded %d, dropped %d packets", l.Forwarded.Load(), l.Dropped.Load())
+}
+
+func newLab(t *testing.T, p Profile) *Lab {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the packet lab needs root")
+	}
+	l, err := NewLab(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return l
+}
+
+func TestPacketLabRate(t *testing.T) {
+	const size, rate = 500_000, 2_000_000
+	l := newLab(t, Profile{Delay: 5 * time.Millisecond, RateBps: rate})
+	background(t, l, l.NSB, "tcpsink")
+	var n int
+	var secs float64
+	out := run(t, l, l.NSA, "tcp", fmt.Sprint(size))
+	if _, err := fmt.Sscan(out, &n, &secs); err != nil || n != size {
+		t.Fatalf("TCP through 2 Mbit/s: %q", out)
+	}
+	// 2 s of payload at the cap, plus headers, slow start and the odd queue drop.
+	want := float64(size*8) / rate
+	if secs < 0.9*want || secs > 2*want {
+		t.Errorf("%d bytes through %d bit/s: %.2f s, want about %.1f s", size, rate, secs, want)
+	}
+	t.Logf("%d bytes over TCP through %d bit/s: %.2f s (%.1f s of payload at the cap); %d queue drops",
+		size, rate, secs, want, l.QueueDropped.Load())
+}
+
+func TestPacketLabDuplicate(t *testing.T) {
+	l := newLab(t, Profile{Duplicate: 0.5})
+	background(t, l, l.NSB, "echo")
+	var got int
+	out := run(t, l, l.NSA, "burst", "100")
+	if _, err := fmt.Sscan(out, &got); err != nil {
+		t.Fatalf("burst: %q", out)
+	}
+	// Half again each way, and the echo answers every copy: about 225 echoes.
+	fwd, dup := l.Forwarded.Load(), l.Duplicated.Load()
+	if got < 160 || got > 300 {
+		t.Errorf("50 %% duplication each way: %d echoes of 100 datagrams", got)
+	}
+	if f := float64(dup) / float64(fwd); f < 0.35 || f > 0.65 {
+		t.Errorf("duplicated %d of %d forwarded (%.2f)", dup, fwd, f)
+	}
+	t.Logf("%d echoes of 100 datagrams; duplicated %d of %d forwarded", got, dup, fwd)
 }

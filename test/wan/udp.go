@@ -1,27 +1,37 @@
-// Package wan is the WAN lab's in-process part: a UDP impairment proxy that sits
-// between an edge and its core on loopback and applies loss, delay, jitter and
-// blackouts to every datagram, both ways. (This kernel has no netem; the
-// packet-level lab with namespaces and TUN devices is issue 5's remaining work.)
+// Package wan is the WAN lab: a UDP impairment proxy (and a Link adding TCP) that
+// sits between an edge and its core on loopback, and a packet-level Lab of two
+// network namespaces joined by TUN devices. Both apply the same Profile to every
+// packet, both ways; this kernel has no netem.
 package wan
 
 import (
 	"errors"
-	"math/rand/v2"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
-// Profile is what the link does to each datagram, in each direction.
+// Profile is what the link does to each packet, in each direction.
 type Profile struct {
 	Delay  time.Duration // one way
 	Jitter time.Duration // uniform in [0, Jitter), added to Delay
-	Loss   float64       // probability a datagram is dropped
-	// Bursty loss (Gilbert-Elliott, packet lab only): each packet, a good channel turns
-	// bad with probability BurstP and a bad one good with BurstR; a bad one drops all.
-	// Mean burst length is 1/BurstR packets; long-run loss BurstP/(BurstP+BurstR).
+	Loss   float64       // probability a packet is dropped
+	// Bursty loss (Gilbert-Elliott): each packet, a good channel turns bad with
+	// probability BurstP and a bad one good with BurstR; a bad one drops all. Mean
+	// burst length is 1/BurstR packets; long-run loss BurstP/(BurstP+BurstR).
 	BurstP, BurstR float64
+	// Duplicate is the probability a packet is delivered twice.
+	Duplicate float64
+	// Reorder is the probability a packet is held back ReorderDelay (0: 10 ms) more
+	// than its delay, so the packets sent just after it overtake it.
+	Reorder      float64
+	ReorderDelay time.Duration
+	// RateBps caps each direction at this many bits per second (0: no cap). Packets
+	// queue at the bottleneck and leave one after another, each taking size*8/RateBps,
+	// before Delay; QueueBytes bounds that queue (0: 100 ms at RateBps, at least
+	// 32 KiB) and a packet that does not fit is dropped (Counters.QueueDropped).
+	RateBps    int64
+	QueueBytes int
 }
 
 // UDPProxy forwards datagrams between clients and one target, impaired.
@@ -29,20 +39,25 @@ type UDPProxy struct {
 	conn   *net.UDPConn
 	target *net.UDPAddr
 
-	mu      sync.Mutex
-	profile Profile
-	flows   map[string]*flow
-	down    atomic.Bool
-	blocked atomic.Bool
-	closed  chan struct{}
-	wg      sync.WaitGroup
+	imp    *impairment
+	mu     sync.Mutex
+	flows  map[string]*flow
+	closed chan struct{}
+	wg     sync.WaitGroup
 
-	Forwarded, Dropped atomic.Uint64
+	Counters
 }
 
+// Directions: each has its own bursts and bottleneck, shared by every client.
+const (
+	dirUp   = 0 // client to target
+	dirDown = 1
+)
+
 type flow struct {
-	client *net.UDPAddr
-	up     *net.UDPConn // our socket towards the target for this client
+	up *net.UDPConn // our socket towards the target for this client
+	// Writers built once, not per datagram.
+	toTarget, toClient func([]byte)
 }
 
 // NewUDPProxy listens on listen (e.g. 127.0.0.1:0) and forwards to target.
@@ -59,7 +74,9 @@ func NewUDPProxy(listen, target string, p Profile) (*UDPProxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	px := &UDPProxy{conn: c, target: ta, profile: p, flows: map[string]*flow{}, closed: make(chan struct{})}
+	px := &UDPProxy{conn: c, target: ta, flows: map[string]*flow{}, closed: make(chan struct{})}
+	px.imp = newImpairment(p, &px.Counters)
+	px.wg.Go(func() { px.imp.run(px.closed) })
 	px.wg.Go(px.fromClients)
 	return px, nil
 }
@@ -68,14 +85,10 @@ func NewUDPProxy(listen, target string, p Profile) (*UDPProxy, error) {
 func (px *UDPProxy) Addr() string { return px.conn.LocalAddr().String() }
 
 // SetProfile changes the impairment from now on.
-func (px *UDPProxy) SetProfile(p Profile) {
-	px.mu.Lock()
-	px.profile = p
-	px.mu.Unlock()
-}
+func (px *UDPProxy) SetProfile(p Profile) { px.imp.setProfile(p) }
 
 // SetDown starts (true) or ends (false) a blackout: every datagram is dropped.
-func (px *UDPProxy) SetDown(down bool) { px.down.Store(down) }
+func (px *UDPProxy) SetDown(down bool) { px.imp.down.Store(down) }
 
 // Close stops forwarding and releases every socket.
 func (px *UDPProxy) Close() error {
@@ -95,34 +108,6 @@ func (px *UDPProxy) Close() error {
 	return err
 }
 
-// send applies the profile to one datagram and writes it after its delay.
-func (px *UDPProxy) send(write func([]byte), b []byte) {
-	px.mu.Lock()
-	p := px.profile
-	px.mu.Unlock()
-	if px.down.Load() || px.blocked.Load() || (p.Loss > 0 && rand.Float64() < p.Loss) {
-		px.Dropped.Add(1)
-		return
-	}
-	px.Forwarded.Add(1)
-	d := p.Delay
-	if p.Jitter > 0 {
-		d += time.Duration(rand.Int64N(int64(p.Jitter)))
-	}
-	if d <= 0 {
-		write(b)
-		return
-	}
-	pkt := append([]byte(nil), b...)
-	time.AfterFunc(d, func() {
-		select {
-		case <-px.closed:
-		default:
-			write(pkt)
-		}
-	})
-}
-
 func (px *UDPProxy) fromClients() {
 	buf := make([]byte, 65535)
 	for {
@@ -134,7 +119,7 @@ func (px *UDPProxy) fromClients() {
 		if err != nil {
 			continue
 		}
-		px.send(func(b []byte) { _, _ = f.up.Write(b) }, buf[:n])
+		px.imp.send(dirUp, buf[:n], true, f.toTarget)
 	}
 }
 
@@ -153,7 +138,9 @@ func (px *UDPProxy) flowFor(client *net.UDPAddr) (*flow, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &flow{client: client, up: up}
+	f := &flow{up: up}
+	f.toTarget = func(b []byte) { _, _ = up.Write(b) }
+	f.toClient = func(b []byte) { _, _ = px.conn.WriteToUDP(b, client) }
 	px.flows[client.String()] = f
 	px.wg.Go(func() {
 		buf := make([]byte, 65535)
@@ -167,7 +154,7 @@ func (px *UDPProxy) flowFor(client *net.UDPAddr) (*flow, error) {
 				}
 				continue
 			}
-			px.send(func(b []byte) { _, _ = px.conn.WriteToUDP(b, f.client) }, buf[:n])
+			px.imp.send(dirDown, buf[:n], true, f.toClient)
 		}
 	})
 	return f, nil
@@ -175,4 +162,4 @@ func (px *UDPProxy) flowFor(client *net.UDPAddr) (*flow, error) {
 
 // BlockUDP drops every datagram while on, as a network that filters UDP does; the
 // TCP side of a Link keeps working.
-func (px *UDPProxy) BlockUDP(on bool) { px.blocked.Store(on) }
+func (px *UDPProxy) BlockUDP(on bool) { px.imp.noUDP.Store(on) }
