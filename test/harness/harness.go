@@ -98,6 +98,11 @@ func FreeUDPPort(t testing.TB, ip string) int {
 	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
+// RaceBuild builds the broker under test with the race detector (the default, for
+// tests). Benchmarks turn it off in their TestMain: the detector slows edge and core
+// several times over, which would be charged to the pair.
+var RaceBuild = true
+
 // BuildBroker builds ./cmd/broker once per test binary and returns the
 // binary's path. Call RemoveBuilds from TestMain to delete it afterwards.
 func BuildBroker(t testing.TB) string {
@@ -129,7 +134,11 @@ func build() (string, error) {
 	// The broker under test runs with the race detector: edge and core are where the
 	// concurrency is, and only real traffic exercises it. StartBroker fails a test
 	// whose broker reported a race.
-	cmd := exec.CommandContext(ctx, goTool, "build", "-race", "-o", out, "./cmd/broker")
+	args := []string{"build", "-o", out, "./cmd/broker"}
+	if RaceBuild {
+		args = []string{"build", "-race", "-o", out, "./cmd/broker"}
+	}
+	cmd := exec.CommandContext(ctx, goTool, args...)
 	cmd.Dir = ModuleRoot()
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/broker: %w\n%s", err, b)

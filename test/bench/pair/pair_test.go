@@ -15,6 +15,12 @@ import (
 	"github.com/salt-broker/salt-broker/test/harness"
 )
 
+// The broker is measured as operators run it: built without the race detector.
+func TestMain(m *testing.M) {
+	harness.RaceBuild = false
+	harness.Main(m)
+}
+
 type figures struct {
 	p50, p99    float64 // ms, 1 KiB request round trip
 	pubRate     float64 // msgs/s of 1 KiB delivered to each of 10 subscribers
