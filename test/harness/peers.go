@@ -152,6 +152,7 @@ type MasterStats struct {
 	DupNewIdentity int64         `json:"dup_new_identity"` // ... arriving with another routing identity
 	DupNewNonce    int64         `json:"dup_new_nonce"`    // ... with another nonce
 	DupSameLength  int64         `json:"dup_same_length"`  // ... with the same byte length
+	DupExamples    []string      `json:"dup_examples"`     // the first 10 duplicated rids
 	Replies        int64         `json:"replies"`
 	ReplyBytes     int64         `json:"reply_bytes"`
 	RequestBytes   int64         `json:"request_bytes"`
@@ -193,11 +194,14 @@ type MinionOpts struct {
 	// return_retry_timer; default 5-10 s.
 	ReturnTimeoutMin, ReturnTimeoutMax time.Duration
 	Tries                              int // default 3
-	ReconnectIvl                       time.Duration
-	ReconnectIvlMax                    time.Duration
-	ReconnectRandomize                 bool // Salt's recon_randomize
-	Wrap                               func(*exec.Cmd) *exec.Cmd
-	Args                               []string
+	// JobTime: a return is sent this long after its publication arrived, random
+	// in [Min, Max] per job (the job's run time); 0: at once.
+	JobTimeMin, JobTimeMax time.Duration
+	ReconnectIvl           time.Duration
+	ReconnectIvlMax        time.Duration
+	ReconnectRandomize     bool // Salt's recon_randomize
+	Wrap                   func(*exec.Cmd) *exec.Cmd
+	Args                   []string
 }
 
 // Minions is a running minions peer.
@@ -244,6 +248,9 @@ func StartMinions(t testing.TB, o MinionOpts) *Minions {
 	}
 	if o.Tries > 0 {
 		args = append(args, "--tries", strconv.Itoa(o.Tries))
+	}
+	if o.JobTimeMax > 0 {
+		args = append(args, "--job-time", fmt.Sprintf("%g-%g", o.JobTimeMin.Seconds(), o.JobTimeMax.Seconds()))
 	}
 	if o.ReconnectIvl > 0 {
 		args = append(args, "--recon-default", strconv.FormatInt(o.ReconnectIvl.Milliseconds(), 10))
@@ -347,26 +354,38 @@ type Latency struct {
 // MinionStats mirrors the minions' stats event: sums over all minions plus
 // (unless brief) each minion's summary.
 type MinionStats struct {
-	Minions         int             `json:"minions"`
-	WarmMinions     int             `json:"warm_minions"` // minions that received a warm-up
-	Pubs            int64           `json:"pubs"`
-	Warmups         int64           `json:"warmups"`
-	Missing         int64           `json:"missing"`
-	OutOfOrder      int64           `json:"out_of_order"`
-	Dup             int64           `json:"dup"`
-	BadMultipart    int64           `json:"bad_multipart"`
-	Foreign         int64           `json:"foreign"`
-	ReqOK           int64           `json:"req_ok"`
-	ReqFailed       int64           `json:"req_failed"`
-	ReqRetried      int64           `json:"req_retried"`
-	WrongReply      int64           `json:"wrong_reply"`
-	QueueDropped    int64           `json:"queue_dropped"`
-	Returns         int64           `json:"returns"`
-	Pending         int64           `json:"pending"`
-	Inflight        int64           `json:"inflight"`
-	LatencyMS       Latency         `json:"latency_ms"`
-	LatencyOverflow int64           `json:"latency_overflow"`
+	Minions         int     `json:"minions"`
+	WarmMinions     int     `json:"warm_minions"` // minions that received a warm-up
+	Pubs            int64   `json:"pubs"`
+	Warmups         int64   `json:"warmups"`
+	Missing         int64   `json:"missing"`
+	OutOfOrder      int64   `json:"out_of_order"`
+	Dup             int64   `json:"dup"`
+	BadMultipart    int64   `json:"bad_multipart"`
+	Foreign         int64   `json:"foreign"`
+	ReqOK           int64   `json:"req_ok"`
+	ReqFailed       int64   `json:"req_failed"`
+	ReqRetried      int64   `json:"req_retried"`
+	WrongReply      int64   `json:"wrong_reply"`
+	QueueDropped    int64   `json:"queue_dropped"`
+	Returns         int64   `json:"returns"`
+	Pending         int64   `json:"pending"`
+	Inflight        int64   `json:"inflight"`
+	LatencyMS       Latency `json:"latency_ms"`
+	LatencyOverflow int64   `json:"latency_overflow"`
+	// ReturnLatencyMS: returns only, from the publication's arrival to the good
+	// reply, time queued behind the minion's earlier returns and every try included.
+	ReturnLatencyMS Latency         `json:"return_latency_ms"`
+	Recovery        *Recovery       `json:"recovery"` // StatsSince only
 	PerMinion       []MinionSummary `json:"per_minion"`
+}
+
+// Recovery says how soon publications reached minions after a moment (a link
+// coming back): the first minion, and the last of those that got any.
+type Recovery struct {
+	FirstMS float64 `json:"first_ms"` // -1: none arrived since
+	AllMS   float64 `json:"all_ms"`
+	Minions int     `json:"minions"` // minions that received one since
 }
 
 // Stats asks for every minion's counters.
@@ -375,9 +394,19 @@ func (m *Minions) Stats(ctx context.Context) (MinionStats, error) { return m.sta
 // BriefStats is Stats without the per-minion list.
 func (m *Minions) BriefStats(ctx context.Context) (MinionStats, error) { return m.stats(ctx, true) }
 
+// StatsSince is BriefStats plus Recovery: the first publication arrivals at or
+// after since (the peers share this machine's clock).
+func (m *Minions) StatsSince(ctx context.Context, since time.Time) (MinionStats, error) {
+	return m.statsCmd(ctx, map[string]any{"cmd": "stats", "brief": true, "since": float64(since.UnixNano()) / 1e9})
+}
+
 func (m *Minions) stats(ctx context.Context, brief bool) (MinionStats, error) {
+	return m.statsCmd(ctx, map[string]any{"cmd": "stats", "brief": brief})
+}
+
+func (m *Minions) statsCmd(ctx context.Context, cmd map[string]any) (MinionStats, error) {
 	var s MinionStats
-	ev, err := m.Call(ctx, map[string]any{"cmd": "stats", "brief": brief}, "stats")
+	ev, err := m.Call(ctx, cmd, "stats")
 	if err != nil {
 		return s, err
 	}

@@ -47,6 +47,7 @@ class Counters:
         self.dup_new_identity = 0
         self.dup_new_nonce = 0
         self.dup_same_length = 0
+        self.dup_examples = []  # the first few duplicated rids, to find them in logs
         self.replies = 0
         self.reply_bytes = 0
         self.delayed = 0
@@ -67,6 +68,7 @@ class Counters:
                 "dup_new_identity": self.dup_new_identity,
                 "dup_new_nonce": self.dup_new_nonce,
                 "dup_same_length": self.dup_same_length,
+                "dup_examples": list(self.dup_examples),
                 "replies": self.replies,
                 "reply_bytes": self.reply_bytes,
                 "request_bytes": self.request_bytes,
@@ -241,6 +243,8 @@ def account(frames, counters, policy):
         else:
             tries = prev[0] + 1
             counters.dup_rids += 1
+            if len(counters.dup_examples) < 10:
+                counters.dup_examples.append(rid)
             if prev[1] != identity:
                 counters.dup_new_identity += 1
             if prev[2] != nonce:

@@ -12,6 +12,7 @@ Control: JSON lines on stdin, JSON events on stdout (see README.md).
 
 import argparse
 import collections
+import heapq
 import os
 import random
 import resource
@@ -26,12 +27,13 @@ import peerlib  # noqa: E402
 
 MAX_QUEUE = 100_000  # per-minion pending requests; overflow is counted
 MAX_LATENCIES = 2_000_000  # aggregate latency samples kept; overflow is counted
+ARRIVALS = 4096  # per-minion publication arrival times kept, for recovery times
 RECENT = 4096  # per-stream window for telling duplicates from late arrivals
 FAKE_PEM = b"-----BEGIN PUBLIC KEY-----\n" + b"A" * 392 + b"\n-----END PUBLIC KEY-----\n"
 
 
 class Req:
-    __slots__ = ("rid", "kind", "size", "reply_size", "tag", "tries", "try_no", "nonce", "timeout", "deadline", "t0", "body")
+    __slots__ = ("rid", "kind", "size", "reply_size", "tag", "tries", "try_no", "nonce", "timeout", "deadline", "t0", "tq", "body")
 
     def __init__(self, rid, kind, size, reply_size, tag, tries, timeout):
         self.rid = rid
@@ -45,6 +47,7 @@ class Req:
         self.timeout = timeout
         self.deadline = 0.0
         self.t0 = 0.0
+        self.tq = time.monotonic()  # queued: for a return, when its publication arrived
         self.body = None
 
 
@@ -93,7 +96,9 @@ class Minion:
         self.wrong_reply = 0
         self.queue_dropped = 0
         self.returns = 0
+        self.running = 0  # jobs whose return is not queued yet (--job-time)
         self.lat_max = 0.0
+        self.arrivals = collections.deque(maxlen=ARRIVALS)  # wall-clock times of publications
 
     def summary(self):
         return {
@@ -113,7 +118,7 @@ class Minion:
             "wrong_reply": self.wrong_reply,
             "queue_dropped": self.queue_dropped,
             "returns": self.returns,
-            "pending": len(self.queue) + (1 if self.cur else 0),
+            "pending": len(self.queue) + (1 if self.cur else 0) + self.running,
             "latency_max_ms": round(self.lat_max * 1000, 3),
         }
 
@@ -124,6 +129,11 @@ class Swarm:
         lo, _, hi = args.return_timeout.partition("-")
         self.timeout_lo = float(lo)
         self.timeout_hi = float(hi or lo)
+        lo, _, hi = args.job_time.partition("-")
+        self.job_lo = float(lo)
+        self.job_hi = float(hi or lo)
+        self.jobs = []  # heap of (due, seq, minion index, rid): returns of jobs still running
+        self.job_seq = 0
         self.ctx = zmq.Context(io_threads=1)
         self.ctx.setsockopt(zmq.MAX_SOCKETS, max(1024, 4 * args.count + 64))
         self.poller = zmq.Poller()
@@ -138,6 +148,7 @@ class Swarm:
         self.max_inflight = 0
         self.batches = {}  # tag -> counters of one request command
         self.latencies = []
+        self.ret_latencies = []  # returns: publication arrival -> good reply, queueing included
         self.lat_overflow = 0
         for i in range(args.count):
             mid = "%s%d" % (args.id_prefix, i)
@@ -217,6 +228,7 @@ class Swarm:
             m.warmups += 1
             return
         m.pubs += 1
+        m.arrivals.append(time.time())
         if not m.first_seq:
             m.first_seq = seq
         m.last_seq = max(m.last_seq, seq)
@@ -238,7 +250,26 @@ class Swarm:
         st.remember(tseq)
         if self.args.return_on_publish:
             m.returns += 1
-            self.enqueue(m, Req("%s:%d" % (m.id, seq), "aes", self.args.return_size, self.args.return_reply_size, None, self.args.tries, self.pick_timeout()))
+            rid = "%s:%d" % (m.id, seq)
+            if self.job_hi > 0:
+                # The job runs a while before its return is sent, so a link can fail
+                # with returns in flight.
+                self.job_seq += 1
+                due = time.monotonic() + random.uniform(self.job_lo, self.job_hi)
+                heapq.heappush(self.jobs, (due, self.job_seq, m.idx, rid))
+                m.running += 1
+            else:
+                self.send_return(m, rid)
+
+    def send_return(self, m, rid):
+        self.enqueue(m, Req(rid, "aes", self.args.return_size, self.args.return_reply_size, None, self.args.tries, self.pick_timeout()))
+
+    def finish_jobs(self, now):
+        while self.jobs and self.jobs[0][0] <= now:
+            _, _, idx, rid = heapq.heappop(self.jobs)
+            m = self.minions[idx]
+            m.running -= 1
+            self.send_return(m, rid)
 
     # --- requests ------------------------------------------------------
 
@@ -325,6 +356,8 @@ class Swarm:
             m.lat_max = max(m.lat_max, lat)
             if len(self.latencies) < MAX_LATENCIES:
                 self.latencies.append(lat)
+                if req.tag is None:
+                    self.ret_latencies.append(time.monotonic() - req.tq)
             else:
                 self.lat_overflow += 1
         self.done(m, req, ok, wrong=not ok)
@@ -384,7 +417,19 @@ class Swarm:
 
     # --- stats and loop ------------------------------------------------
 
-    def stats(self, tag, brief):
+    def recovery(self, since):
+        """How long after the wall-clock time `since` the first publication reached
+        any minion and every minion (that got one at all), in ms."""
+        firsts = []
+        for m in self.minions:
+            t = next((a for a in m.arrivals if a >= since), None)
+            if t is not None:
+                firsts.append(t - since)
+        if not firsts:
+            return {"first_ms": -1, "all_ms": -1, "minions": 0}
+        return {"first_ms": round(min(firsts) * 1000, 1), "all_ms": round(max(firsts) * 1000, 1), "minions": len(firsts)}
+
+    def stats(self, tag, brief, since=None):
         agg = collections.Counter()
         per = []
         for m in self.minions:
@@ -400,6 +445,11 @@ class Swarm:
         out["latency_ms"]["max"] = round(max(self.latencies) * 1000, 3) if self.latencies else 0.0
         out["latency_ms"]["count"] = len(self.latencies)
         out["latency_overflow"] = self.lat_overflow
+        out["return_latency_ms"] = {k: round(v * 1000, 3) for k, v in peerlib.percentiles(self.ret_latencies).items()}
+        out["return_latency_ms"]["max"] = round(max(self.ret_latencies) * 1000, 3) if self.ret_latencies else 0.0
+        out["return_latency_ms"]["count"] = len(self.ret_latencies)
+        if since is not None:
+            out["recovery"] = self.recovery(float(since))
         out["inflight"] = self.inflight
         if not brief:
             out["per_minion"] = per
@@ -415,6 +465,8 @@ class Swarm:
             if self.inflight:
                 soonest = min((m.cur.deadline for m in self.minions if m.cur is not None), default=now + 0.1)
                 wait = max(0, min(wait, int((soonest - now) * 1000) + 1))
+            if self.jobs:
+                wait = max(0, min(wait, int((self.jobs[0][0] - now) * 1000) + 1))
             events = self.poller.poll(wait)
             for sock, _ in events:
                 if sock == 0:
@@ -438,6 +490,7 @@ class Swarm:
                 if m is not None and m.req is sock:
                     self.on_reply(m)
             now = time.monotonic()
+            self.finish_jobs(now)
             if self.inflight and now >= next_scan:
                 next_scan = now + 0.005
                 for m in self.minions:
@@ -449,11 +502,13 @@ class Swarm:
         if c == "request":
             self.cmd_request(cmd)
         elif c == "stats":
-            self.stats(cmd.get("tag"), bool(cmd.get("brief", False)))
+            self.stats(cmd.get("tag"), bool(cmd.get("brief", False)), cmd.get("since"))
         elif c == "reset":
             for m in self.minions:
                 m.reset()
+            self.jobs = []
             self.latencies = []
+            self.ret_latencies = []
             self.lat_overflow = 0
             peerlib.emit("reset", tag=cmd.get("tag"))
         elif c == "quit":
@@ -483,6 +538,7 @@ def main():
     ap.add_argument("--return-reply-size", type=int, default=99)
     ap.add_argument("--return-timeout", default="5-10", help="seconds, LO-HI (random per request, like return_retry_timer)")
     ap.add_argument("--tries", type=int, default=3)
+    ap.add_argument("--job-time", default="0", help="seconds, LO-HI: how long a job runs before its return is sent")
     ap.add_argument("--recon-default", type=int, default=1000, help="ms (Salt recon_default)")
     ap.add_argument("--recon-max", type=int, default=10000, help="ms (Salt recon_max)")
     ap.add_argument("--recon-randomize", action="store_true")
