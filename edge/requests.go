@@ -38,6 +38,8 @@ type edgeReq struct {
 	cancelling bool      // a retry replaces it: never put it on a stream again
 	replaces   *edgeReq  // the chain's try that may have reached the core; this one waits for its withdrawal
 	successor  *edgeReq  // a later retry that took over this one's wait
+	settledAt  time.Time // dropped because the master has its chain: kept in reqTable.settled
+	suspect    *edgeReq  // an unanswered same-shape request on another, still open socket: this may be its retry
 }
 
 // reqTable holds unanswered requests. A request leaves it exactly once: with its
@@ -54,10 +56,17 @@ type reqTable struct {
 	orphans map[chainKey][]*edgeReq // unanswered requests whose minion socket closed
 	recent  map[chainKey][]*edgeReq // requests of the last RetryWindow
 	cancels []*edgeReq              // retries waiting for the core to withdraw their earlier try
+	// Tries dropped because the master has their chain, kept (not pending) so the
+	// minion's next try of the same chain is recognised and dropped too.
+	settled     map[uint64]*edgeReq
+	lastOfShape map[chainKey]*edgeReq // each minion's newest request of each shape
+	answered    map[string]*edgeReq   // by minion socket: the request last answered on it, for RetryWindow
 }
 
 func newReqTable(e *Edge) *reqTable {
-	return &reqTable{e: e, byID: make(map[uint64]*edgeReq), kick: make(chan struct{}, 1), orphans: make(map[chainKey][]*edgeReq), recent: make(map[chainKey][]*edgeReq)}
+	return &reqTable{e: e, byID: make(map[uint64]*edgeReq), kick: make(chan struct{}, 1),
+		orphans: make(map[chainKey][]*edgeReq), recent: make(map[chainKey][]*edgeReq), settled: make(map[uint64]*edgeReq),
+		lastOfShape: make(map[chainKey]*edgeReq), answered: make(map[string]*edgeReq)}
 }
 
 func (t *reqTable) wake() {
@@ -85,6 +94,7 @@ func (t *reqTable) add(r *edgeReq) bool {
 	r.id = t.nextID
 	t.byID[r.id] = r
 	t.joinChainLocked(r)
+	t.suspectLocked(r)
 	t.noteRecentLocked(r)
 	t.waiting = append(t.waiting, r.id) // takeWaiting skips it while it is held
 	t.mu.Unlock()
@@ -99,10 +109,18 @@ func (t *reqTable) takeWaiting(now time.Time) []*edgeReq {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make([]*edgeReq, 0, len(t.waiting))
+	var held []uint64
 	for _, id := range t.waiting {
 		r := t.byID[id]
 		if r == nil || r.state != reqWaiting || r.cancelling || r.replaces != nil {
 			continue
+		}
+		if r.suspect != nil {
+			if t.stillSuspectLocked(r, now) {
+				held = append(held, id)
+				continue
+			}
+			r.suspect = nil
 		}
 		age := now.Sub(r.created)
 		switch {
@@ -120,7 +138,7 @@ func (t *reqTable) takeWaiting(now time.Time) []*edgeReq {
 		r.everSent = true
 		out = append(out, r)
 	}
-	t.waiting = t.waiting[:0]
+	t.waiting = append(t.waiting[:0], held...)
 	return out
 }
 
@@ -137,13 +155,18 @@ func (t *reqTable) requeue(r *edgeReq) {
 
 // finish removes a request; only the first caller gets true, which is what makes
 // every reply reach its minion at most once.
-func (t *reqTable) finish(r *edgeReq) bool {
+func (t *reqTable) finish(r *edgeReq, answered bool) bool {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.byID[r.id] != r {
+		t.mu.Unlock()
 		return false
 	}
 	delete(t.byID, r.id)
+	if answered {
+		t.answeredLocked(r, time.Now())
+	}
+	t.mu.Unlock()
+	t.wake() // a same-shape request held as a possible retry of r can go now
 	return true
 }
 
@@ -153,6 +176,13 @@ func (t *reqTable) finish(r *edgeReq) bool {
 func (t *reqTable) peerGone(identity []byte) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	for _, r := range t.settled {
+		if bytes.Equal(r.identity, identity) {
+			r.peerGone = true
+			t.orphanLocked(r)
+		}
+	}
+	t.answeredGoneLocked(identity)
 	for id, r := range t.byID {
 		if !bytes.Equal(r.identity, identity) {
 			continue
@@ -235,7 +265,7 @@ func (e *Edge) dispatchLoop(ctx context.Context) {
 
 // deliver hands a reply to the minion that asked, once.
 func (e *Edge) deliver(r *edgeReq, reply [][]byte) {
-	if !e.reqs.finish(r) {
+	if !e.reqs.finish(r, true) {
 		e.metrics.dropped.WithLabelValues("superseded_reply").Inc()
 		return
 	}
@@ -256,7 +286,7 @@ func (e *Edge) deliver(r *edgeReq, reply [][]byte) {
 
 // refused ends a request the core will not answer; the minion's own retry takes over.
 func (e *Edge) refused(r *edgeReq, ref wire.Refused) {
-	if !e.reqs.finish(r) {
+	if !e.reqs.finish(r, false) {
 		return
 	}
 	e.metrics.replies.WithLabelValues("refused").Inc()

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"time"
@@ -64,7 +65,7 @@ func (t *reqTable) pruneOrphansLocked(now time.Time) {
 	for k, list := range t.orphans {
 		kept := list[:0]
 		for _, o := range list {
-			if now.Sub(o.goneAt) <= t.e.cfg.RetryWindow && t.byID[o.id] == o {
+			if now.Sub(o.goneAt) <= t.e.cfg.RetryWindow && t.chainMemberLocked(o) {
 				kept = append(kept, o)
 			}
 		}
@@ -87,7 +88,7 @@ func (t *reqTable) joinChainLocked(r *edgeReq) (held bool) {
 	var prev *edgeReq
 	for i := len(list) - 1; i >= 0; i-- {
 		o := list[i]
-		if t.byID[o.id] == o && r.created.Sub(o.goneAt) <= t.e.cfg.RetryWindow && o.chain+1 < t.e.cfg.MaxRetryChain {
+		if t.chainMemberLocked(o) && r.created.Sub(o.goneAt) <= t.e.cfg.RetryWindow && o.chain+1 < t.e.cfg.MaxRetryChain {
 			prev = o
 			list = append(list[:i], list[i+1:]...)
 			break
@@ -104,11 +105,148 @@ func (t *reqTable) joinChainLocked(r *edgeReq) (held bool) {
 	return t.linkLocked(prev, r)
 }
 
+// suspectLocked holds r back for up to RetryWindow when its minion has an
+// unanswered request of the same shape on another socket that is still open. The
+// minion closes its old socket and sends the retry at once on a new one, and the new
+// socket's request can beat the old one's close to the edge; once the link is up
+// again it would be on its way before the close made it a retry. If the close comes
+// within the window, r joins the chain (orphanLocked); otherwise it goes out.
+func (t *reqTable) suspectLocked(r *edgeReq) {
+	k, ok := keyOf(r)
+	if !ok || t.e.cfg.RetryWindow <= 0 {
+		return
+	}
+	o := t.lastOfShape[k]
+	t.lastOfShape[k] = r
+	if len(t.lastOfShape) > t.e.cfg.MaxPending+64 {
+		for key, n := range t.lastOfShape {
+			if !t.chainMemberLocked(n) {
+				delete(t.lastOfShape, key)
+			}
+		}
+	}
+	if o == nil || o == r || r.chain > 0 || t.byID[r.id] != r || !t.unansweredLocked(o, r.created) ||
+		bytes.Equal(o.identity, r.identity) || o.chain+1 >= t.e.cfg.MaxRetryChain {
+		return
+	}
+	r.suspect = o
+	time.AfterFunc(t.e.cfg.RetryWindow, t.wake) // takeWaiting lets it go then
+}
+
+func (t *reqTable) stillSuspectLocked(r *edgeReq, now time.Time) bool {
+	return r.chain == 0 && t.unansweredLocked(r.suspect, now) && now.Sub(r.created) < t.e.cfg.RetryWindow
+}
+
+// unansweredLocked: o's socket is open and its minion may still give up on o — o
+// has no reply yet, or got one so recently that the minion may have timed out first.
+func (t *reqTable) unansweredLocked(o *edgeReq, now time.Time) bool {
+	if o.peerGone {
+		return false
+	}
+	if t.chainMemberLocked(o) {
+		return true
+	}
+	return t.answered[string(o.identity)] == o && now.Sub(o.settledAt) <= t.e.cfg.RetryWindow
+}
+
+// chainMemberLocked: a later try of o's chain still has o to join — o is pending,
+// or was dropped because the master has the chain.
+func (t *reqTable) chainMemberLocked(o *edgeReq) bool {
+	return t.byID[o.id] == o || t.settled[o.id] == o
+}
+
+// settleLocked drops r, whose chain the master already has, and keeps it for the
+// chain's next try (which is dropped in turn).
+func (t *reqTable) settleLocked(r *edgeReq, now time.Time) {
+	delete(t.byID, r.id)
+	t.e.metrics.dropped.WithLabelValues("retry_at_master").Inc()
+	t.keepSettledLocked(r, now)
+}
+
+// keepSettledLocked remembers r, whose chain the master has, for the chain's next
+// try — unless the chain is complete.
+func (t *reqTable) keepSettledLocked(r *edgeReq, now time.Time) {
+	if _, ok := keyOf(r); !ok || r.chain+1 >= t.e.cfg.MaxRetryChain || t.e.cfg.RetryWindow <= 0 {
+		return
+	}
+	r.settledAt = now
+	r.body = nil // never sent again
+	t.settled[r.id] = r
+	if len(t.settled) > 1024 {
+		t.pruneSettledLocked(now)
+	}
+}
+
+// answeredLocked notes that r's reply went to its minion socket. The minion may
+// have given up on it a moment earlier — its timeout fired while the reply was on its
+// way — and then its next try, on a new socket, would reach the master a second time
+// (as it would on a direct link). So: if r's socket is already gone, r's chain is
+// settled now; if it goes within RetryWindow, it is settled then (answeredGoneLocked).
+func (t *reqTable) answeredLocked(r *edgeReq, now time.Time) {
+	if _, ok := keyOf(r); !ok || t.e.cfg.RetryWindow <= 0 {
+		return
+	}
+	if r.peerGone {
+		t.keepSettledLocked(r, now)
+		return
+	}
+	r.settledAt = now // when it was answered, until its socket closes
+	r.body = nil
+	t.answered[string(r.identity)] = r
+	if len(t.answered) > t.e.cfg.MaxPending+64 {
+		for id, a := range t.answered {
+			if now.Sub(a.settledAt) > t.e.cfg.RetryWindow {
+				delete(t.answered, id)
+			}
+		}
+	}
+}
+
+// answeredGoneLocked: a minion socket closed; if it was answered within RetryWindow,
+// the minion did not wait for that reply, and a retry of it may follow.
+func (t *reqTable) answeredGoneLocked(identity []byte) {
+	a := t.answered[string(identity)]
+	if a == nil {
+		return
+	}
+	delete(t.answered, string(identity))
+	a.peerGone = true
+	now := time.Now()
+	if now.Sub(a.settledAt) > t.e.cfg.RetryWindow {
+		return
+	}
+	t.keepSettledLocked(a, now)
+	if t.settled[a.id] == a {
+		t.orphanLocked(a)
+	}
+}
+
+// settledKeep bounds how long a settled try waits for its minion's next one: Salt's
+// return_retry_timer_max is 10 s by default, 60 s is generous.
+const settledKeep = time.Minute
+
+func (t *reqTable) pruneSettledLocked(now time.Time) {
+	for id, r := range t.settled {
+		gone := !r.goneAt.IsZero() && now.Sub(r.goneAt) > t.e.cfg.RetryWindow
+		if gone || now.Sub(r.settledAt) > settledKeep || len(t.settled) > t.e.cfg.MaxPending {
+			delete(t.settled, id)
+		}
+	}
+}
+
 // linkLocked makes r, a minion's retry, stand for prev in their chain. It returns
 // true when r must wait for the core to withdraw the chain's sent try.
 func (t *reqTable) linkLocked(prev, r *edgeReq) (held bool) {
 	r.chain = prev.chain + 1
 	t.e.metrics.retries.Inc()
+	t.e.log.Debug("minion retry recognised", "minion", r.env.ID, "id", r.id, "earlier_id", prev.id, "try", r.chain+1,
+		"earlier_sent", prev.everSent, "master_has_it", !prev.settledAt.IsZero())
+	if t.settled[prev.id] == prev {
+		// The master has this chain already: this try goes the way of the last one.
+		delete(t.settled, prev.id)
+		t.settleLocked(r, r.created)
+		return false
+	}
 	if prev.replaces != nil {
 		// prev itself waits for the chain's sent try to be withdrawn: r takes over
 		// that wait, so the chain still reaches the master once.
@@ -181,8 +319,7 @@ func (t *reqTable) resolveRetry(r *edgeReq, result byte) {
 	if result == wire.CancelDone {
 		t.waiting = append(t.waiting, r.id)
 	} else if t.byID[r.id] == r {
-		delete(t.byID, r.id)
-		t.e.metrics.dropped.WithLabelValues("retry_at_master").Inc()
+		t.settleLocked(r, time.Now())
 	}
 	t.mu.Unlock()
 	t.wake()

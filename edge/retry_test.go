@@ -3,6 +3,7 @@ package edge
 import (
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,5 +160,142 @@ func TestRetryArrivingBeforeTheCloseIsSeen(t *testing.T) {
 	tb.resolveRetry(tb.takeCancels()[0], wire.CancelDone)
 	if got := tb.takeWaiting(time.Now()); len(got) != 1 || got[0] != b {
 		t.Fatalf("want the retry, got %v", ids(got))
+	}
+}
+
+// The master has the chain, the edge drops the second try — and the minion, which
+// got no reply, sends a third after its timeout. That try must be dropped too: a
+// bench run in the packet lab (15 s blackout, returns in flight) showed the master
+// such third tries as duplicates before the dropped try was kept for its chain.
+func TestTryAfterARetryDroppedAtTheMasterIsDroppedToo(t *testing.T) {
+	for _, order := range []string{"close first", "retry first"} {
+		tb := testTable(t)
+		a := ret("s1", "m1", 500)
+		tb.add(a)
+		tb.takeWaiting(time.Now())
+		tb.requeue(a) // it may have reached the core; the link died
+		tb.peerGone([]byte("s1"))
+		b := ret("s2", "m1", 500)
+		tb.add(b)
+		tb.resolveRetry(tb.takeCancels()[0], wire.CancelAtMaster)
+		if got := tb.takeWaiting(time.Now()); len(got) != 0 || tb.size() != 0 {
+			t.Fatalf("%s: the second try must be dropped, got %v (table %d)", order, ids(got), tb.size())
+		}
+		c := ret("s3", "m1", 500)
+		if order == "close first" {
+			tb.peerGone([]byte("s2"))
+			tb.add(c)
+		} else {
+			tb.add(c)
+			tb.peerGone([]byte("s2"))
+		}
+		if got := tb.takeWaiting(time.Now()); len(got) != 0 || tb.size() != 0 {
+			t.Errorf("%s: the third try reached the wire, got %v (table %d)", order, ids(got), tb.size())
+		}
+		// The chain is complete (3 tries): a fourth request of that shape is new.
+		tb.peerGone([]byte("s3"))
+		d := ret("s4", "m1", 500)
+		tb.add(d)
+		if got := tb.takeWaiting(time.Now()); len(got) != 1 || got[0] != d {
+			t.Errorf("%s: after a complete chain, want the next request sent, got %v", order, ids(got))
+		}
+		if n := len(tb.settled); n != 0 {
+			t.Errorf("%s: %d settled tries kept after the chain completed", order, n)
+		}
+	}
+}
+
+// Once the link is up, a retry that beats its old socket's close would be sent at
+// once, before the close made it a retry. It is held back for the retry window
+// while its minion has an unanswered request of that shape on a socket still open.
+func TestRetryBeatingTheCloseIsHeldUntilTheCloseComes(t *testing.T) {
+	tb := testTable(t)
+	a := ret("s1", "m1", 500)
+	tb.add(a)
+	tb.takeWaiting(time.Now())
+	tb.requeue(a)
+	tb.takeWaiting(time.Now()) // re-sent on the new connection: the master may get it
+	b := ret("s2", "m1", 500)
+	tb.add(b)
+	if got := tb.takeWaiting(time.Now()); len(got) != 0 {
+		t.Fatalf("a possible retry went out before its earlier socket's close, got %v", ids(got))
+	}
+	tb.peerGone([]byte("s1"))
+	if b.replaces != a {
+		t.Fatal("the held retry did not join its chain when the close came")
+	}
+}
+
+// Two same-shape requests of one minion on two open sockets are not a retry: the
+// second waits one retry window, then goes.
+func TestSameShapeOnTwoOpenSocketsGoesAfterTheWindow(t *testing.T) {
+	tb := testTable(t)
+	tb.e.cfg.RetryWindow = 50 * time.Millisecond
+	a := ret("s1", "m1", 500)
+	tb.add(a)
+	tb.takeWaiting(time.Now())
+	b := ret("s2", "m1", 500)
+	tb.add(b)
+	if got := tb.takeWaiting(time.Now()); len(got) != 0 {
+		t.Fatalf("want b held for the window, got %v", ids(got))
+	}
+	select {
+	case <-tb.kick: // the add's own kick
+	default:
+	}
+	select {
+	case <-tb.kick: // the window's end wakes the dispatcher
+	case <-time.After(2 * time.Second):
+		t.Fatal("nothing woke the dispatcher after the window")
+	}
+	if got := tb.takeWaiting(time.Now()); len(got) != 1 || got[0] != b {
+		t.Fatalf("want b sent after the window, got %v", ids(got))
+	}
+}
+
+// The minion's timeout fires while the reply is on its way: the master has the
+// return, and the minion's next try must not reach it again — whichever of the
+// reply, the old socket's close and the new try the edge sees first.
+func TestTryAfterAReplyTheMinionDidNotWaitFor(t *testing.T) {
+	for _, order := range []string{"reply, close, try", "close, reply, try", "reply, try, close"} {
+		tb := testTable(t)
+		a := ret("s1", "m1", 500)
+		tb.add(a)
+		tb.takeWaiting(time.Now())
+		var c *edgeReq
+		for _, step := range strings.Split(order, ", ") {
+			switch step {
+			case "reply":
+				if !tb.finish(a, true) {
+					t.Fatalf("%s: the reply was not delivered", order)
+				}
+			case "close":
+				tb.peerGone([]byte("s1"))
+			case "try":
+				c = ret("s2", "m1", 500)
+				tb.add(c)
+				if got := tb.takeWaiting(time.Now()); len(got) != 0 {
+					t.Fatalf("%s: the try went out, got %v", order, ids(got))
+				}
+			}
+		}
+		if got := tb.takeWaiting(time.Now()); len(got) != 0 || tb.size() != 0 {
+			t.Errorf("%s: the try must be dropped, got %v (table %d)", order, ids(got), tb.size())
+		}
+	}
+}
+
+// A minion that got its reply keeps its socket and sends its next return on it:
+// nothing is held or dropped.
+func TestNextReturnOnTheSameSocketGoesAtOnce(t *testing.T) {
+	tb := testTable(t)
+	a := ret("s1", "m1", 500)
+	tb.add(a)
+	tb.takeWaiting(time.Now())
+	tb.finish(a, true)
+	b := ret("s1", "m1", 500)
+	tb.add(b)
+	if got := tb.takeWaiting(time.Now()); len(got) != 1 || got[0] != b {
+		t.Fatalf("want the next return sent at once, got %v", ids(got))
 	}
 }
