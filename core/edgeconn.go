@@ -153,6 +153,7 @@ func (e *edgeConn) serveControl(st tunnel.Stream, rd *wire.Reader, body []byte) 
 	}
 	close(e.helloDone)
 	e.log.Info("edge connected", "pub_cursor", h.PubCursor, "cursor_epoch", h.CoreEpoch, "pending_requests", h.Pending)
+	e.c.supersede(e)
 	for {
 		_ = st.SetReadDeadline(time.Now().Add(controlTimeout))
 		typ, body, err := rd.Next()
@@ -177,6 +178,32 @@ func (e *edgeConn) serveControl(st tunnel.Stream, rd *wire.Reader, body []byte) 
 			e.c.metrics.protocolErrors.Inc()
 			return fmt.Errorf("unexpected %s record on the control stream: %w", typ, wire.ErrMalformed)
 		}
+	}
+}
+
+// supersede closes the older connections of e's edge session. An edge says hello
+// only on the connection it chose, so an older one is dead or left behind; kept
+// until its idle timeout, its publication stream would run on into the ring and
+// report gaps its edge never had, and its requests would wait on nobody.
+func (c *Core) supersede(e *edgeConn) {
+	var old []*edgeConn
+	c.mu.Lock()
+	for o := range c.edges {
+		if o == e {
+			continue
+		}
+		select {
+		case <-o.helloDone:
+			if o.hello.EdgeSession == e.hello.EdgeSession {
+				old = append(old, o)
+			}
+		default:
+		}
+	}
+	c.mu.Unlock()
+	for _, o := range old {
+		o.log.Info("closing this edge's previous connection: it has connected again")
+		_ = o.sess.CloseWithError("superseded by a newer connection of this edge")
 	}
 }
 
