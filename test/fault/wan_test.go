@@ -8,7 +8,7 @@ import (
 	"github.com/salt-broker/salt-broker/test/wan"
 )
 
-// Long, lossy paths in the packet-level lab: the edge and its minions in namespace A,
+// Long, lossy paths in the packet-level lab, 50 minions getting jobs at 2/s: the edge and its minions in namespace A,
 // the core and the master in namespace B, every packet between them
 // delayed and dropped by the lab, over QUIC and over the TCP fallback. Minions time out and retry their returns as Salt
 // does (5–10 s, 3 tries). Every publication reaches every minion in order, every
@@ -20,9 +20,16 @@ func TestWANProfiles(t *testing.T) {
 	}{
 		{"150ms-rtt-1pct-bursty", wan.Profile{Delay: 75 * time.Millisecond, Jitter: 5 * time.Millisecond, BurstP: 0.005, BurstR: 0.4}},
 		{"300ms-rtt-5pct", wan.Profile{Delay: 150 * time.Millisecond, Jitter: 10 * time.Millisecond, Loss: 0.05}},
+		// A thin, untidy path: 4 Mbit/s with a 100 ms queue, 1 % of packets delivered
+		// twice, 2 % overtaken by later ones, 0.5 % lost.
+		{"80ms-rtt-4mbit-dup-reorder", wan.Profile{Delay: 40 * time.Millisecond, Jitter: 2 * time.Millisecond,
+			RateBps: 4_000_000, Duplicate: 0.01, Reorder: 0.02, ReorderDelay: 15 * time.Millisecond, Loss: 0.005}},
 	} {
 		for _, tr := range []string{"quic", "tcp"} {
-			t.Run(c.name+"/"+tr, func(t *testing.T) { testWAN(t, c.p, tr) })
+			t.Run(c.name+"/"+tr, func(t *testing.T) {
+				t.Parallel() // each in its own lab
+				testWAN(t, c.p, tr)
+			})
 		}
 	}
 }
@@ -46,7 +53,7 @@ func testWAN(t *testing.T, p wan.Profile, transport string) {
 		EdgeWrap: inA, EdgeNS: netlab.NSA, EdgeArgs: []string{"--transport", transport},
 	})
 	mins := harness.StartMinions(t, harness.MinionOpts{
-		Master: pair.EdgeIP, PubPort: pair.EdgePub, RetPort: pair.EdgeRet, Count: 30, IDPrefix: "w", Wrap: inA,
+		Master: pair.EdgeIP, PubPort: pair.EdgePub, RetPort: pair.EdgeRet, Count: 50, IDPrefix: "w", Wrap: inA,
 		ReturnOnPublish: true, ReturnTimeoutMin: 5 * time.Second, ReturnTimeoutMax: 10 * time.Second, Tries: 3,
 	})
 	l := &lab{master: master, pair: pair, minions: mins}
@@ -68,6 +75,6 @@ func testWAN(t *testing.T, p wan.Profile, transport string) {
 		t.Errorf("returns at the master: want %d unique, 0 duplicated; got %d unique, %d duplicated", n*pubs, ms.UniqueRIDs, ms.DupRIDs)
 	}
 	full, _ := mins.Stats(ctx)
-	t.Logf("returns ok %d failed %d retried %d; latency p50 %.0f ms p99 %.0f ms; lab forwarded %d dropped %d",
-		st.ReqOK, st.ReqFailed, st.ReqRetried, full.LatencyMS.P50, full.LatencyMS.P99, netlab.Forwarded.Load(), netlab.Dropped.Load())
+	t.Logf("%s: returns ok %d failed %d retried %d; latency p50 %.0f ms p99 %.0f ms; lab forwarded %d dropped %d",
+		t.Name(), st.ReqOK, st.ReqFailed, st.ReqRetried, full.LatencyMS.P50, full.LatencyMS.P99, netlab.Forwarded.Load(), netlab.Dropped.Load())
 }
