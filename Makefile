@@ -6,7 +6,7 @@ export GOFLAGS := -buildvcs=false
 STATICCHECK_VERSION := v0.8.2
 FUZZTIME ?= 10s
 
-.PHONY: all build demo test unit fuzz fuzz-short lint deps tools bench clean
+.PHONY: all build demo test unit fuzz fuzz-short lint deps tools bench bench-wan clean
 
 all: build
 
@@ -57,6 +57,13 @@ fuzz-short fuzz:
 bench: deps build
 	$(GO) run ./test/bench/zmtp
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/pair
+
+## bench-wan: the WAN lab's scenarios (loss, bursts, long RTT, blackouts) for the direct link, the
+## old forwarder and the pair over QUIC and TCP, side by side in one run. Needs root; about 20 min.
+## One scenario or mode: make bench-wan BENCH_WAN='WAN/300ms.*/pair'
+BENCH_WAN ?= WAN
+bench-wan: deps
+	$(GO) test -count=1 -run '^$$' -bench '$(BENCH_WAN)' -benchtime 1x -timeout 60m ./test/bench/wan
 
 clean:
 	rm -rf $(BIN)
