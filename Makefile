@@ -60,10 +60,11 @@ bench: deps build
 
 ## bench-wan: the WAN lab's scenarios (loss, bursts, long RTT, blackouts) for the direct link, the
 ## old forwarder and the pair over QUIC and TCP, side by side in one run. Needs root; about 20 min.
-## One scenario or mode: make bench-wan BENCH_WAN='WAN/300ms.*/pair'
+## One scenario or mode, other scale: make bench-wan BENCH_WAN='WAN/300ms.*/pair' BENCH_WAN_ARGS='-minions 10'
 BENCH_WAN ?= WAN
+BENCH_WAN_ARGS ?=
 bench-wan: deps
-	$(GO) test -count=1 -run '^$$' -bench '$(BENCH_WAN)' -benchtime 1x -timeout 60m ./test/bench/wan
+	$(GO) test -count=1 -run '^$$' -bench '$(BENCH_WAN)' -benchtime 1x -timeout 60m ./test/bench/wan $(BENCH_WAN_ARGS)
 
 clean:
 	rm -rf $(BIN)

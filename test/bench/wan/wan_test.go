@@ -13,6 +13,7 @@ package wan
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -31,8 +32,9 @@ func TestMain(m *testing.M) {
 	harness.Main(m)
 }
 
+var minions = flag.Int("minions", 50, "minions per run")
+
 const (
-	minions    = 50
 	jobRate    = 2 // jobs per second
 	jobTimeMin = 1 * time.Second
 	jobTimeMax = 4 * time.Second
@@ -121,7 +123,7 @@ func run(b *testing.B, sc scenario, mode string) result {
 		ip, pub, ret = pair.EdgeIP, pair.EdgePub, pair.EdgeRet
 	}
 	mins := harness.StartMinions(b, harness.MinionOpts{
-		Master: ip, PubPort: pub, RetPort: ret, Count: minions, IDPrefix: "w", Wrap: inA,
+		Master: ip, PubPort: pub, RetPort: ret, Count: *minions, IDPrefix: "w", Wrap: inA,
 		ReturnOnPublish: true, ReturnTimeoutMin: 5 * time.Second, ReturnTimeoutMax: 10 * time.Second, Tries: 3,
 		JobTimeMin: jobTimeMin, JobTimeMax: jobTimeMax, // returns are in flight whenever a link fails
 		ReconnectRandomize: true, // Salt's defaults: recon_default 1 s, recon_max 10 s, randomized
@@ -153,12 +155,12 @@ func run(b *testing.B, sc scenario, mode string) result {
 	if _, err := master.WaitPublished(ctx, tag); err != nil {
 		b.Fatal(err)
 	}
-	st := settle(ctx, b, mins, int64(minions*sc.jobs))
+	st := settle(ctx, b, mins, int64(*minions*sc.jobs))
 	ms, err := master.Stats(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
-	r.expected = int64(minions * sc.jobs)
+	r.expected = int64(*minions * sc.jobs)
 	r.delivered = st.Pubs - st.Dup
 	r.missing, r.outOfOrder = st.Missing, st.OutOfOrder
 	r.returns, r.failed = st.Returns, st.ReqFailed
@@ -218,8 +220,8 @@ func settle(ctx context.Context, b *testing.B, mins *harness.Minions, want int64
 
 func report(all [][]result) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(w, "\n%d minions, jobs at %d/s, each answered by a return %s–%s later (retried after 5–10 s, 3 tries); return latency from the return's first send\n",
-		minions, jobRate, jobTimeMin, jobTimeMax)
+	fmt.Fprintf(w, "\n%d minions, jobs at %d/s, each answered by a return %s–%s later (retried after 5–10 s, 3 tries); return latency: from the job's end to the reply, waiting behind earlier returns and retries included\n",
+		*minions, jobRate, jobTimeMin, jobTimeMax)
 	for i, sc := range scenarios {
 		ran := false
 		for _, r := range all[i] {
