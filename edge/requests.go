@@ -3,7 +3,9 @@ package edge
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -39,7 +41,6 @@ type edgeReq struct {
 	replaces   *edgeReq  // the chain's try that may have reached the core; this one waits for its withdrawal
 	successor  *edgeReq  // a later retry that took over this one's wait
 	settledAt  time.Time // dropped because the master has its chain: kept in reqTable.settled
-	suspect    *edgeReq  // an unanswered same-shape request on another, still open socket: this may be its retry
 }
 
 // reqTable holds unanswered requests. A request leaves it exactly once: with its
@@ -60,13 +61,13 @@ type reqTable struct {
 	// minion's next try of the same chain is recognised and dropped too.
 	settled     map[uint64]*edgeReq
 	lastOfShape map[chainKey]*edgeReq // each minion's newest request of each shape
-	answered    map[string]*edgeReq   // by minion socket: the request last answered on it, for RetryWindow
+	sockets     map[string]struct{}   // minion sockets that have sent a request and are open
 }
 
 func newReqTable(e *Edge) *reqTable {
 	return &reqTable{e: e, byID: make(map[uint64]*edgeReq), kick: make(chan struct{}, 1),
 		orphans: make(map[chainKey][]*edgeReq), recent: make(map[chainKey][]*edgeReq), settled: make(map[uint64]*edgeReq),
-		lastOfShape: make(map[chainKey]*edgeReq), answered: make(map[string]*edgeReq)}
+		lastOfShape: make(map[chainKey]*edgeReq), sockets: make(map[string]struct{})}
 }
 
 func (t *reqTable) wake() {
@@ -94,7 +95,7 @@ func (t *reqTable) add(r *edgeReq) bool {
 	r.id = t.nextID
 	t.byID[r.id] = r
 	t.joinChainLocked(r)
-	t.suspectLocked(r)
+	t.retryOnNewSocketLocked(r)
 	t.noteRecentLocked(r)
 	t.waiting = append(t.waiting, r.id) // takeWaiting skips it while it is held
 	t.mu.Unlock()
@@ -109,18 +110,10 @@ func (t *reqTable) takeWaiting(now time.Time) []*edgeReq {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make([]*edgeReq, 0, len(t.waiting))
-	var held []uint64
 	for _, id := range t.waiting {
 		r := t.byID[id]
 		if r == nil || r.state != reqWaiting || r.cancelling || r.replaces != nil {
 			continue
-		}
-		if r.suspect != nil {
-			if t.stillSuspectLocked(r, now) {
-				held = append(held, id)
-				continue
-			}
-			r.suspect = nil
 		}
 		age := now.Sub(r.created)
 		switch {
@@ -138,7 +131,7 @@ func (t *reqTable) takeWaiting(now time.Time) []*edgeReq {
 		r.everSent = true
 		out = append(out, r)
 	}
-	t.waiting = append(t.waiting[:0], held...)
+	t.waiting = t.waiting[:0]
 	return out
 }
 
@@ -155,18 +148,13 @@ func (t *reqTable) requeue(r *edgeReq) {
 
 // finish removes a request; only the first caller gets true, which is what makes
 // every reply reach its minion at most once.
-func (t *reqTable) finish(r *edgeReq, answered bool) bool {
+func (t *reqTable) finish(r *edgeReq) bool {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.byID[r.id] != r {
-		t.mu.Unlock()
 		return false
 	}
 	delete(t.byID, r.id)
-	if answered {
-		t.answeredLocked(r, time.Now())
-	}
-	t.mu.Unlock()
-	t.wake() // a same-shape request held as a possible retry of r can go now
 	return true
 }
 
@@ -182,12 +170,13 @@ func (t *reqTable) peerGone(identity []byte) {
 			t.orphanLocked(r)
 		}
 	}
-	t.answeredGoneLocked(identity)
+	delete(t.sockets, string(identity))
 	for id, r := range t.byID {
 		if !bytes.Equal(r.identity, identity) {
 			continue
 		}
 		r.peerGone = true
+		t.e.log.Debug("minion socket closed with a request unanswered", "id", r.id, "minion", r.env.ID, "socket", hex.EncodeToString(identity))
 		if r.env.Class == saltmsg.ClassAuth && r.state == reqWaiting {
 			delete(t.byID, id)
 			t.e.metrics.dropped.WithLabelValues("stale_auth").Inc()
@@ -233,6 +222,11 @@ func (e *Edge) accept(msg zmtp.Message) {
 	if !e.reqs.add(r) {
 		e.metrics.dropped.WithLabelValues("table_full").Inc()
 		e.log.Warn("request dropped: the edge holds --max-pending requests already; the minion will retry", "minion", r.env.ID, "remote", msg.Remote, "limit", e.cfg.MaxPending)
+		return
+	}
+	if e.log.Enabled(context.Background(), slog.LevelDebug) {
+		e.log.Debug("minion request", "id", r.id, "minion", r.env.ID, "class", r.env.Class, "load_len", r.env.LoadLen,
+			"socket", hex.EncodeToString(r.identity), "remote", msg.Remote)
 	}
 }
 
@@ -265,7 +259,7 @@ func (e *Edge) dispatchLoop(ctx context.Context) {
 
 // deliver hands a reply to the minion that asked, once.
 func (e *Edge) deliver(r *edgeReq, reply [][]byte) {
-	if !e.reqs.finish(r, true) {
+	if !e.reqs.finish(r) {
 		e.metrics.dropped.WithLabelValues("superseded_reply").Inc()
 		return
 	}
@@ -286,7 +280,7 @@ func (e *Edge) deliver(r *edgeReq, reply [][]byte) {
 
 // refused ends a request the core will not answer; the minion's own retry takes over.
 func (e *Edge) refused(r *edgeReq, ref wire.Refused) {
-	if !e.reqs.finish(r, false) {
+	if !e.reqs.finish(r) {
 		return
 	}
 	e.metrics.replies.WithLabelValues("refused").Inc()

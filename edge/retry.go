@@ -105,17 +105,22 @@ func (t *reqTable) joinChainLocked(r *edgeReq) (held bool) {
 	return t.linkLocked(prev, r)
 }
 
-// suspectLocked holds r back for up to RetryWindow when its minion has an
-// unanswered request of the same shape on another socket that is still open. The
-// minion closes its old socket and sends the retry at once on a new one, and the new
-// socket's request can beat the old one's close to the edge; once the link is up
-// again it would be on its way before the close made it a retry. If the close comes
-// within the window, r joins the chain (orphanLocked); otherwise it goes out.
-func (t *reqTable) suspectLocked(r *edgeReq) {
+// retryOnNewSocketLocked recognises a retry without waiting for the old socket's
+// close. A Salt 3007 minion whose return timed out sends the retry as the first
+// request of a brand-new REQ socket, and the old socket's close may reach the edge
+// much later (observed with a real minion: not before the old request was answered).
+// So: the first request of a new socket, of the same shape as a request of that
+// minion still unanswered on another socket and at least minRetryAge old, is its
+// retry. (A request answered a moment before is not: Salt's job processes close a
+// channel after its answer and open a new one for the next request, often of the
+// same length — seen with cp.get_file against a real master.)
+func (t *reqTable) retryOnNewSocketLocked(r *edgeReq) {
 	k, ok := keyOf(r)
 	if !ok || t.e.cfg.RetryWindow <= 0 {
 		return
 	}
+	_, seen := t.sockets[string(r.identity)]
+	t.sockets[string(r.identity)] = struct{}{}
 	o := t.lastOfShape[k]
 	t.lastOfShape[k] = r
 	if len(t.lastOfShape) > t.e.cfg.MaxPending+64 {
@@ -125,28 +130,22 @@ func (t *reqTable) suspectLocked(r *edgeReq) {
 			}
 		}
 	}
-	if o == nil || o == r || r.chain > 0 || t.byID[r.id] != r || !t.unansweredLocked(o, r.created) ||
-		bytes.Equal(o.identity, r.identity) || o.chain+1 >= t.e.cfg.MaxRetryChain {
+	if seen || o == nil || o == r || r.chain > 0 || t.byID[r.id] != r || !t.unansweredLocked(o) ||
+		bytes.Equal(o.identity, r.identity) || o.chain+1 >= t.e.cfg.MaxRetryChain || r.created.Sub(o.created) < minRetryAge {
 		return
 	}
-	r.suspect = o
-	time.AfterFunc(t.e.cfg.RetryWindow, t.wake) // takeWaiting lets it go then
+	t.linkLocked(o, r)
 }
 
-func (t *reqTable) stillSuspectLocked(r *edgeReq, now time.Time) bool {
-	return r.chain == 0 && t.unansweredLocked(r.suspect, now) && now.Sub(r.created) < t.e.cfg.RetryWindow
-}
+// minRetryAge: a minion retries only after its return_retry_timer (5 s by default;
+// Salt's other channels wait 60 s), so a same-shape request sooner than this is a
+// request of its own.
+const minRetryAge = time.Second
 
-// unansweredLocked: o's socket is open and its minion may still give up on o — o
-// has no reply yet, or got one so recently that the minion may have timed out first.
-func (t *reqTable) unansweredLocked(o *edgeReq, now time.Time) bool {
-	if o.peerGone {
-		return false
-	}
-	if t.chainMemberLocked(o) {
-		return true
-	}
-	return t.answered[string(o.identity)] == o && now.Sub(o.settledAt) <= t.e.cfg.RetryWindow
+// unansweredLocked: o still waits for its reply (or was dropped because the master
+// has its chain) and its socket has not been seen closing.
+func (t *reqTable) unansweredLocked(o *edgeReq) bool {
+	return !o.peerGone && t.chainMemberLocked(o)
 }
 
 // chainMemberLocked: a later try of o's chain still has o to join — o is pending,
@@ -174,50 +173,6 @@ func (t *reqTable) keepSettledLocked(r *edgeReq, now time.Time) {
 	t.settled[r.id] = r
 	if len(t.settled) > 1024 {
 		t.pruneSettledLocked(now)
-	}
-}
-
-// answeredLocked notes that r's reply went to its minion socket. The minion may
-// have given up on it a moment earlier — its timeout fired while the reply was on its
-// way — and then its next try, on a new socket, would reach the master a second time
-// (as it would on a direct link). So: if r's socket is already gone, r's chain is
-// settled now; if it goes within RetryWindow, it is settled then (answeredGoneLocked).
-func (t *reqTable) answeredLocked(r *edgeReq, now time.Time) {
-	if _, ok := keyOf(r); !ok || t.e.cfg.RetryWindow <= 0 {
-		return
-	}
-	if r.peerGone {
-		t.keepSettledLocked(r, now)
-		return
-	}
-	r.settledAt = now // when it was answered, until its socket closes
-	r.body = nil
-	t.answered[string(r.identity)] = r
-	if len(t.answered) > t.e.cfg.MaxPending+64 {
-		for id, a := range t.answered {
-			if now.Sub(a.settledAt) > t.e.cfg.RetryWindow {
-				delete(t.answered, id)
-			}
-		}
-	}
-}
-
-// answeredGoneLocked: a minion socket closed; if it was answered within RetryWindow,
-// the minion did not wait for that reply, and a retry of it may follow.
-func (t *reqTable) answeredGoneLocked(identity []byte) {
-	a := t.answered[string(identity)]
-	if a == nil {
-		return
-	}
-	delete(t.answered, string(identity))
-	a.peerGone = true
-	now := time.Now()
-	if now.Sub(a.settledAt) > t.e.cfg.RetryWindow {
-		return
-	}
-	t.keepSettledLocked(a, now)
-	if t.settled[a.id] == a {
-		t.orphanLocked(a)
 	}
 }
 

@@ -117,7 +117,7 @@ Example:
 			&cli.IntFlag{Name: "max-pending", Value: 20_000, Usage: "requests held until their reply; past it new ones are dropped and the minion retries", EnvVars: env("max-pending")},
 			&cli.DurationFlag{Name: "auth-max-age", Value: edge.DefaultAuthMaxAge, Usage: "auth requests older than this are stale (the minion has retried) and dropped", EnvVars: env("auth-max-age")},
 			&cli.DurationFlag{Name: "request-max-age", Value: edge.DefaultRequestMaxAge, Usage: "other requests older than this are dropped unsent", EnvVars: env("request-max-age")},
-			&cli.DurationFlag{Name: "retry-window", Value: edge.DefaultRetryWindow, Usage: "a minion request this soon after its old socket closed with a request unanswered, of the same shape, is taken as that request's retry (0 disables retry recognition)", EnvVars: env("retry-window")},
+			&cli.DurationFlag{Name: "retry-window", Value: edge.DefaultRetryWindow, Usage: "how soon after a minion socket closed with a request unanswered a same-shape request from a new socket counts as its retry; 0 turns retry recognition off (docs/guarantees.md)", EnvVars: env("retry-window")},
 			&cli.IntFlag{Name: "retry-chain", Value: 3, Usage: "tries in one minion retry chain (Salt's return_retry_tries)", EnvVars: env("retry-chain")},
 			&cli.IntFlag{Name: "max-minions", Value: 20_000, Usage: "connections accepted on each minion port", EnvVars: env("max-minions")},
 		}, tlsFlags()...), commonFlags("127.0.0.1:9511")...),
