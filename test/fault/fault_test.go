@@ -38,6 +38,7 @@ type labOpts struct {
 	timeoutMin, timeoutMax time.Duration // the minions' return_retry_timer range
 	tries                  int           // return_retry_tries
 	jobTimeMin, jobTimeMax time.Duration // a return is sent this long after its job arrived
+	lateClose              time.Duration // a timed-out REQ socket closes this long after its retry
 	blockUDP               bool          // UDP dropped from the start
 	edgeArgs               []string      // after --transport quic, so a --transport here wins
 	coreArgs               []string
@@ -64,7 +65,7 @@ func startWith(t *testing.T, o labOpts) *lab {
 	l.minions = harness.StartMinions(t, harness.MinionOpts{
 		Master: l.pair.EdgeIP, PubPort: l.pair.EdgePub, RetPort: l.pair.EdgeRet, Count: o.minions, IDPrefix: "m",
 		ReturnOnPublish: true, ReturnTimeoutMin: o.timeoutMin, ReturnTimeoutMax: o.timeoutMax, Tries: o.tries,
-		JobTimeMin: o.jobTimeMin, JobTimeMax: o.jobTimeMax,
+		JobTimeMin: o.jobTimeMin, JobTimeMax: o.jobTimeMax, LateClose: o.lateClose,
 		ReconnectIvl: 100 * time.Millisecond, ReconnectIvlMax: 500 * time.Millisecond,
 	})
 	return l
@@ -205,10 +206,26 @@ func testBlackouts(t *testing.T, transport string) {
 // one, 3 sends). Some returns reached the master before the link died but their
 // replies did not come back; others never left the edge. The master still sees every
 // return exactly once, and none is lost that a direct link would have delivered.
+//
+// Twice: minions that close a timed-out socket at once, and minions that leave it
+// open for 20 s, as a real Salt 3007 minion was seen to (docs/interop.md).
 func TestBlackoutWithMinionRetries(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		lateClose time.Duration
+	}{{"close-at-once", 0}, {"late-close", 20 * time.Second}} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			testBlackoutWithMinionRetries(t, c.lateClose)
+		})
+	}
+}
+
+func testBlackoutWithMinionRetries(t *testing.T, lateClose time.Duration) {
 	ctx := ctxFor(t, 3*time.Minute)
 	l := startWith(t, labOpts{minions: 50, profile: wan.Profile{Delay: 10 * time.Millisecond, Jitter: 5 * time.Millisecond},
-		timeoutMin: 5 * time.Second, timeoutMax: 10 * time.Second, tries: 3, jobTimeMin: time.Second, jobTimeMax: 4 * time.Second})
+		timeoutMin: 5 * time.Second, timeoutMax: 10 * time.Second, tries: 3, jobTimeMin: time.Second, jobTimeMax: 4 * time.Second,
+		lateClose: lateClose})
 	l.warm(t, ctx)
 	const pubs = 60
 	tag, err := l.master.PublishAsync(harness.PublishOpts{Count: pubs, Rate: 2, Size: 463})

@@ -197,11 +197,14 @@ type MinionOpts struct {
 	// JobTime: a return is sent this long after its publication arrived, random
 	// in [Min, Max] per job (the job's run time); 0: at once.
 	JobTimeMin, JobTimeMax time.Duration
-	ReconnectIvl           time.Duration
-	ReconnectIvlMax        time.Duration
-	ReconnectRandomize     bool // Salt's recon_randomize
-	Wrap                   func(*exec.Cmd) *exec.Cmd
-	Args                   []string
+	// LateClose keeps a timed-out REQ socket open this long after the retry went out
+	// on a new one, as a Salt 3007 minion was seen to; 0: closed at once.
+	LateClose          time.Duration
+	ReconnectIvl       time.Duration
+	ReconnectIvlMax    time.Duration
+	ReconnectRandomize bool // Salt's recon_randomize
+	Wrap               func(*exec.Cmd) *exec.Cmd
+	Args               []string
 }
 
 // Minions is a running minions peer.
@@ -248,6 +251,9 @@ func StartMinions(t testing.TB, o MinionOpts) *Minions {
 	}
 	if o.Tries > 0 {
 		args = append(args, "--tries", strconv.Itoa(o.Tries))
+	}
+	if o.LateClose > 0 {
+		args = append(args, "--late-close", fmt.Sprintf("%g", o.LateClose.Seconds()))
 	}
 	if o.JobTimeMax > 0 {
 		args = append(args, "--job-time", fmt.Sprintf("%g-%g", o.JobTimeMin.Seconds(), o.JobTimeMax.Seconds()))

@@ -19,7 +19,8 @@ import (
 const (
 	maxEvents     = 10000     // unconsumed events kept per process; older ones are dropped and counted
 	maxLineBytes  = 64 << 20  // one stdout JSON line (stats of many minions)
-	stderrTail    = 256 << 10 // stderr bytes kept for the failure dump
+	stderrKeep    = 8 << 20   // stderr bytes kept for Stderr (a debug-level broker logs every request)
+	stderrDump    = 256 << 10 // of which the failure dump shows the tail
 	maxPlainLines = 200       // non-JSON stdout lines kept for the failure dump
 	sendTimeout   = 5 * time.Second
 	reapTimeout   = 10 * time.Second
@@ -174,8 +175,8 @@ func (p *Proc) readStderr(r *os.File) {
 		if n > 0 {
 			p.mu.Lock()
 			p.stderr = append(p.stderr, buf[:n]...)
-			if len(p.stderr) > stderrTail {
-				p.stderr = append([]byte(nil), p.stderr[len(p.stderr)-stderrTail:]...)
+			if len(p.stderr) > stderrKeep {
+				p.stderr = append([]byte(nil), p.stderr[len(p.stderr)-stderrKeep/2:]...)
 			}
 			p.mu.Unlock()
 		}
@@ -351,7 +352,7 @@ func (p *Proc) Kill() {
 }
 
 // Stderr returns the kept tail of the peer's stderr.
-func (p *Proc) Stderr() string { return p.stderrTail(stderrTail) }
+func (p *Proc) Stderr() string { return p.stderrTail(stderrKeep) }
 
 func (p *Proc) stderrTail(n int) string {
 	p.mu.Lock()
@@ -386,6 +387,10 @@ func (p *Proc) Dump() string {
 	for _, l := range p.plain {
 		fmt.Fprintf(&b, "stdout: %s\n", l)
 	}
-	fmt.Fprintf(&b, "stderr:\n%s", p.stderr)
+	tail := p.stderr
+	if len(tail) > stderrDump {
+		tail = tail[len(tail)-stderrDump:]
+	}
+	fmt.Fprintf(&b, "stderr (last %d KiB at most):\n%s", stderrDump>>10, tail)
 	return b.String()
 }

@@ -133,6 +133,7 @@ class Swarm:
         self.job_lo = float(lo)
         self.job_hi = float(hi or lo)
         self.jobs = []  # heap of (due, seq, minion index, rid): returns of jobs still running
+        self.lingering = collections.deque()  # (close at, socket): old REQ sockets closed late
         self.job_seq = 0
         self.ctx = zmq.Context(io_threads=1)
         self.ctx.setsockopt(zmq.MAX_SOCKETS, max(1024, 4 * args.count + 64))
@@ -195,13 +196,22 @@ class Swarm:
         self.by_req[s] = m
         self.poller.register(s, zmq.POLLIN)
 
-    def _close_req(self, m):
+    def _close_req(self, m, late=False):
         if m.req is None:
             return
         self.poller.unregister(m.req)
         del self.by_req[m.req]
-        m.req.close(0)
+        if late and self.args.late_close > 0:
+            # What a Salt 3007 minion was seen doing: the retry goes out on a new
+            # socket while the old one's TCP connection lingers (docs/interop.md).
+            self.lingering.append((time.monotonic() + self.args.late_close, m.req))
+        else:
+            m.req.close(0)
         m.req = None
+
+    def close_lingering(self, now):
+        while self.lingering and self.lingering[0][0] <= now:
+            self.lingering.popleft()[1].close(0)
 
     # --- publications --------------------------------------------------
 
@@ -364,7 +374,7 @@ class Swarm:
 
     def on_timeout(self, m):
         req = m.cur
-        self._close_req(m)
+        self._close_req(m, late=True)
         if req.try_no < req.tries:
             m.req_retried += 1
             b = self.batches.get(req.tag)
@@ -491,6 +501,7 @@ class Swarm:
                     self.on_reply(m)
             now = time.monotonic()
             self.finish_jobs(now)
+            self.close_lingering(now)
             if self.inflight and now >= next_scan:
                 next_scan = now + 0.005
                 for m in self.minions:
@@ -518,6 +529,8 @@ class Swarm:
         return True
 
     def close(self):
+        for _, sock in self.lingering:
+            sock.close(0)
         for m in self.minions:
             self._close_req(m)
             if m.sub is not None:
@@ -538,6 +551,7 @@ def main():
     ap.add_argument("--return-reply-size", type=int, default=99)
     ap.add_argument("--return-timeout", default="5-10", help="seconds, LO-HI (random per request, like return_retry_timer)")
     ap.add_argument("--tries", type=int, default=3)
+    ap.add_argument("--late-close", type=float, default=0, help="seconds an old REQ socket stays open after a timeout (0: closed at once)")
     ap.add_argument("--job-time", default="0", help="seconds, LO-HI: how long a job runs before its return is sent")
     ap.add_argument("--recon-default", type=int, default=1000, help="ms (Salt recon_default)")
     ap.add_argument("--recon-max", type=int, default=10000, help="ms (Salt recon_max)")
