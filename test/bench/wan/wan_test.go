@@ -126,7 +126,8 @@ func run(b *testing.B, sc scenario, mode string) result {
 		Master: ip, PubPort: pub, RetPort: ret, Count: *minions, IDPrefix: "w", Wrap: inA,
 		ReturnOnPublish: true, ReturnTimeoutMin: 5 * time.Second, ReturnTimeoutMax: 10 * time.Second, Tries: 3,
 		JobTimeMin: jobTimeMin, JobTimeMax: jobTimeMax, // returns are in flight whenever a link fails
-		ReconnectRandomize: true, // Salt's defaults: recon_default 1 s, recon_max 10 s, randomized
+		LateClose:          20 * time.Second, // a timed-out socket lingers, as Salt 3007's did (docs/interop.md)
+		ReconnectRandomize: true,             // Salt's defaults: recon_default 1 s, recon_max 10 s, randomized
 	})
 	if err := harness.WarmUp(ctx, master, mins); err != nil {
 		b.Fatal(err)
