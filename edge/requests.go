@@ -155,6 +155,9 @@ func (t *reqTable) finish(r *edgeReq) bool {
 		return false
 	}
 	delete(t.byID, r.id)
+	if k, ok := keyOf(r); ok && t.lastOfShape[k] == r {
+		delete(t.lastOfShape, k) // an answered request is nobody's earlier try; let it go
+	}
 	return true
 }
 
