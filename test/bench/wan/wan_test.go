@@ -78,7 +78,7 @@ type result struct {
 
 func BenchmarkWAN(b *testing.B) {
 	if os.Geteuid() != 0 {
-		b.Skip("the packet lab needs root (network namespaces and TUN devices)")
+		b.Fatal("the packet lab needs root (network namespaces and TUN devices): run make bench-wan as root")
 	}
 	all := make([][]result, len(scenarios))
 	for i, sc := range scenarios {
