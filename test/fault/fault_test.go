@@ -77,52 +77,26 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// settle waits until the minions hold want publications each and every return is answered.
+// settle waits until the minions hold want publications each and every return
+// has ended.
 func (l *lab) settle(t *testing.T, ctx context.Context, want int64) harness.MinionStats {
 	t.Helper()
-	var st harness.MinionStats
-	for {
-		var err error
-		st, err = l.minions.BriefStats(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := int64(st.Minions)
-		if st.Pubs >= n*want && st.ReqOK+st.ReqFailed >= st.Returns && st.Pending == 0 {
-			return st
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("not settled: %+v", st)
-		case <-time.After(200 * time.Millisecond):
-		}
+	st, err := l.minions.Settle(ctx, want, 0)
+	if err != nil {
+		t.Fatalf("%v: %+v", err, st)
 	}
+	return st
 }
 
-// settleQuiet is settle for runs that lose publications by design: it waits until
-// every return is answered and nothing changed for 2 s.
+// settleQuiet is settle for runs that lose publications by design: every return
+// has ended and nothing changed for 2 s.
 func (l *lab) settleQuiet(t *testing.T, ctx context.Context) harness.MinionStats {
 	t.Helper()
-	var last harness.MinionStats
-	since := time.Now()
-	for {
-		st, err := l.minions.BriefStats(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.Pubs != last.Pubs || st.ReqOK != last.ReqOK || st.ReqFailed != last.ReqFailed || st.Pending != 0 {
-			since = time.Now()
-		}
-		last = st
-		if st.ReqOK+st.ReqFailed >= st.Returns && time.Since(since) >= 2*time.Second {
-			return st
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("not settled: %+v", st)
-		case <-time.After(200 * time.Millisecond):
-		}
+	st, err := l.minions.Settle(ctx, 0, 2*time.Second)
+	if err != nil {
+		t.Fatalf("%v: %+v", err, st)
 	}
+	return st
 }
 
 func (l *lab) assertExactlyOnce(t *testing.T, ctx context.Context, pubs int64) {

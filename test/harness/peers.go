@@ -419,6 +419,34 @@ func (m *Minions) statsCmd(ctx context.Context, cmd map[string]any) (MinionStats
 	return s, decode(ev, &s)
 }
 
+// Settle waits until every return the minions queued has ended (answered, or given
+// up after the last try) and either every minion holds want distinct publications
+// or, with quiet > 0, nothing has changed for quiet (a run that lost publications).
+// It returns the last stats it saw, with ctx's error if ctx ended first.
+func (m *Minions) Settle(ctx context.Context, want int64, quiet time.Duration) (MinionStats, error) {
+	var last MinionStats
+	changed := time.Now()
+	for {
+		st, err := m.BriefStats(ctx)
+		if err != nil {
+			return last, err
+		}
+		if st.Pubs != last.Pubs || st.ReqOK != last.ReqOK || st.ReqFailed != last.ReqFailed || st.Pending != 0 {
+			changed = time.Now()
+		}
+		last = st
+		ended := st.Pending == 0 && st.ReqOK+st.ReqFailed >= st.Returns
+		if ended && (st.Pubs-st.Dup >= int64(st.Minions)*want || quiet > 0 && time.Since(changed) >= quiet) {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return st, fmt.Errorf("minions not settled: %w", context.Cause(ctx))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 // ResetStats zeroes every minion's counters and sequence tracking.
 func (m *Minions) ResetStats(ctx context.Context) error {
 	_, err := m.Call(ctx, map[string]any{"cmd": "reset"}, "reset")

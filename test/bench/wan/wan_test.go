@@ -156,7 +156,14 @@ func run(b *testing.B, sc scenario, mode string) result {
 	if _, err := master.WaitPublished(ctx, tag); err != nil {
 		b.Fatal(err)
 	}
-	st := settle(ctx, b, mins, int64(*minions*sc.jobs))
+	// Until every return has ended and every publication arrived — or, for a mode
+	// that lost some, nothing changed for 10 s. Bounded: 3 minutes.
+	sctx, scancel := context.WithTimeout(ctx, 3*time.Minute)
+	st, err := mins.Settle(sctx, int64(sc.jobs), 10*time.Second)
+	scancel()
+	if err != nil {
+		b.Logf("%v; measuring what arrived: %+v", err, st)
+	}
 	ms, err := master.Stats(ctx)
 	if err != nil {
 		b.Fatal(err)
@@ -189,34 +196,6 @@ func run(b *testing.B, sc scenario, mode string) result {
 		}
 	}
 	return r
-}
-
-// settle waits until every return has ended (answered, or given up after the last
-// try) and the publications stopped arriving — or, for a mode that lost some, until
-// nothing changed for 10 s. Bounded: 3 minutes.
-func settle(ctx context.Context, b *testing.B, mins *harness.Minions, want int64) harness.MinionStats {
-	deadline := time.Now().Add(3 * time.Minute)
-	var last harness.MinionStats
-	lastChange := time.Now()
-	for {
-		st, err := mins.BriefStats(ctx)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if st.Pubs != last.Pubs || st.ReqOK != last.ReqOK || st.ReqFailed != last.ReqFailed {
-			lastChange = time.Now()
-		}
-		last = st
-		quiet := st.Pending == 0 && st.Inflight == 0
-		if quiet && (st.Pubs-st.Dup >= want || time.Since(lastChange) > 10*time.Second) {
-			return st
-		}
-		if time.Now().After(deadline) {
-			b.Logf("not settled after 3 minutes: %+v", st)
-			return st
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
 }
 
 func report(all [][]result) {
