@@ -84,19 +84,23 @@ func (t *reqTable) size() int {
 }
 
 // add accepts a request; false when the table is full. A minion's own retry of a
-// request the edge still holds joins that request's chain instead (retry.go).
+// request the edge still holds joins that request's chain instead (retry.go) — also
+// when the table is full: it stands for a request already counted, and refusing it
+// would let the earlier try and the minion's next one both reach the master.
 func (t *reqTable) add(r *edgeReq) bool {
 	t.mu.Lock()
-	if len(t.byID) >= t.e.cfg.MaxPending {
+	prev := t.earlierTryLocked(r)
+	if prev == nil && len(t.byID) >= t.e.cfg.MaxPending {
 		t.mu.Unlock()
 		return false
 	}
 	t.nextID++
 	r.id = t.nextID
 	t.byID[r.id] = r
-	t.joinChainLocked(r)
-	t.retryOnNewSocketLocked(r)
-	t.noteRecentLocked(r)
+	if prev != nil {
+		t.linkLocked(prev, r)
+	}
+	t.noteShapeLocked(r)
 	t.waiting = append(t.waiting, r.id) // takeWaiting skips it while it is held
 	t.mu.Unlock()
 	t.wake()

@@ -77,51 +77,55 @@ func (t *reqTable) pruneOrphansLocked(now time.Time) {
 	}
 }
 
-// joinChainLocked makes r replace the earlier try it retries, if it is one. It
-// returns true when r must wait for the core to withdraw that try first.
-func (t *reqTable) joinChainLocked(r *edgeReq) (held bool) {
+// earlierTryLocked returns the request r retries, if it is one (it is then taken
+// off the orphans, and the caller links the two). Two rules, both on the envelope
+// shape (same enc, same clear minion id, same load length):
+//
+//   - the earlier request's socket closed unanswered, and r comes within
+//     RetryWindow of that close (orphanLocked covers r arriving first);
+//   - r is the first request of a new socket, and the earlier one is still
+//     unanswered on another socket and at least minRetryAge old. A Salt 3007 minion
+//     whose return timed out sends the retry on a new REQ socket, and the old
+//     socket's close may reach the edge much later (seen with a real minion: not
+//     before the old request was answered). A request answered a moment before does
+//     not count: Salt's job processes close a channel after its answer and open a
+//     new one for the next request, often of the same length (cp.get_file).
+func (t *reqTable) earlierTryLocked(r *edgeReq) *edgeReq {
 	k, ok := keyOf(r)
-	if !ok {
-		return false
+	if !ok || t.e.cfg.RetryWindow <= 0 {
+		return nil
 	}
 	list := t.orphans[k]
-	var prev *edgeReq
 	for i := len(list) - 1; i >= 0; i-- {
 		o := list[i]
 		if t.chainMemberLocked(o) && r.created.Sub(o.goneAt) <= t.e.cfg.RetryWindow && o.chain+1 < t.e.cfg.MaxRetryChain {
-			prev = o
-			list = append(list[:i], list[i+1:]...)
-			break
+			if list = append(list[:i], list[i+1:]...); len(list) == 0 {
+				delete(t.orphans, k)
+			} else {
+				t.orphans[k] = list
+			}
+			return o
 		}
 	}
-	if len(list) == 0 {
-		delete(t.orphans, k)
-	} else {
-		t.orphans[k] = list
+	if _, seen := t.sockets[string(r.identity)]; seen {
+		return nil
 	}
-	if prev == nil {
-		return false
+	o := t.lastOfShape[k]
+	if o == nil || !t.unansweredLocked(o) || bytes.Equal(o.identity, r.identity) ||
+		o.chain+1 >= t.e.cfg.MaxRetryChain || r.created.Sub(o.created) < minRetryAge {
+		return nil
 	}
-	return t.linkLocked(prev, r)
+	return o
 }
 
-// retryOnNewSocketLocked recognises a retry without waiting for the old socket's
-// close. A Salt 3007 minion whose return timed out sends the retry as the first
-// request of a brand-new REQ socket, and the old socket's close may reach the edge
-// much later (observed with a real minion: not before the old request was answered).
-// So: the first request of a new socket, of the same shape as a request of that
-// minion still unanswered on another socket and at least minRetryAge old, is its
-// retry. (A request answered a moment before is not: Salt's job processes close a
-// channel after its answer and open a new one for the next request, often of the
-// same length — seen with cp.get_file against a real master.)
-func (t *reqTable) retryOnNewSocketLocked(r *edgeReq) {
+// noteShapeLocked indexes r for the retries that may follow it: its socket has
+// now sent a request, and it is its minion's newest request of its shape.
+func (t *reqTable) noteShapeLocked(r *edgeReq) {
 	k, ok := keyOf(r)
 	if !ok || t.e.cfg.RetryWindow <= 0 {
 		return
 	}
-	_, seen := t.sockets[string(r.identity)]
 	t.sockets[string(r.identity)] = struct{}{}
-	o := t.lastOfShape[k]
 	t.lastOfShape[k] = r
 	if len(t.lastOfShape) > t.e.cfg.MaxPending+64 {
 		for key, n := range t.lastOfShape {
@@ -130,11 +134,7 @@ func (t *reqTable) retryOnNewSocketLocked(r *edgeReq) {
 			}
 		}
 	}
-	if seen || o == nil || o == r || r.chain > 0 || t.byID[r.id] != r || !t.unansweredLocked(o) ||
-		bytes.Equal(o.identity, r.identity) || o.chain+1 >= t.e.cfg.MaxRetryChain || r.created.Sub(o.created) < minRetryAge {
-		return
-	}
-	t.linkLocked(o, r)
+	t.noteRecentLocked(r)
 }
 
 // minRetryAge: a minion retries only after its return_retry_timer (5 s by default;
@@ -189,9 +189,10 @@ func (t *reqTable) pruneSettledLocked(now time.Time) {
 	}
 }
 
-// linkLocked makes r, a minion's retry, stand for prev in their chain. It returns
-// true when r must wait for the core to withdraw the chain's sent try.
-func (t *reqTable) linkLocked(prev, r *edgeReq) (held bool) {
+// linkLocked makes r, a minion's retry, stand for prev in their chain. When the
+// chain's try may have reached the core, r waits (replaces set) for the core to
+// withdraw it.
+func (t *reqTable) linkLocked(prev, r *edgeReq) {
 	r.chain = prev.chain + 1
 	t.e.metrics.retries.Inc()
 	t.e.log.Debug("minion retry recognised", "minion", r.env.ID, "id", r.id, "earlier_id", prev.id, "try", r.chain+1,
@@ -200,7 +201,7 @@ func (t *reqTable) linkLocked(prev, r *edgeReq) (held bool) {
 		// The master has this chain already: this try goes the way of the last one.
 		delete(t.settled, prev.id)
 		t.settleLocked(r, r.created)
-		return false
+		return
 	}
 	if prev.replaces != nil {
 		// prev itself waits for the chain's sent try to be withdrawn: r takes over
@@ -214,17 +215,16 @@ func (t *reqTable) linkLocked(prev, r *edgeReq) (held bool) {
 				t.cancels[i] = r
 			}
 		}
-		return true
+		return
 	}
 	if !prev.everSent && prev.state == reqWaiting {
 		delete(t.byID, prev.id)
 		t.e.metrics.dropped.WithLabelValues("retry_replaced").Inc()
-		return false
+		return
 	}
 	prev.cancelling = true
 	r.replaces = prev
 	t.cancels = append(t.cancels, r)
-	return true
 }
 
 // noteRecentLocked keeps new requests for one RetryWindow, so a retry that arrives

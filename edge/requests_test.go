@@ -1,0 +1,107 @@
+package edge
+
+import (
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/salt-broker/salt-broker/internal/saltmsg"
+)
+
+func auth(identity, minion string) *edgeReq {
+	return &edgeReq{identity: []byte(identity), created: time.Now(),
+		env: saltmsg.Envelope{Class: saltmsg.ClassAuth, Enc: "clear", ID: minion}}
+}
+
+func dropped(tb *reqTable, cause string) float64 {
+	var m dto.Metric
+	if err := tb.e.metrics.dropped.WithLabelValues(cause).Write(&m); err != nil {
+		panic(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// A full table refuses, it never grows (docs/guarantees.md, Requests).
+func TestFullTableRefuses(t *testing.T) {
+	tb := testTable(t)
+	tb.e.cfg.MaxPending = 2
+	if !tb.add(ret("s1", "m1", 500)) || !tb.add(ret("s2", "m2", 500)) {
+		t.Fatal("the table refused below its bound")
+	}
+	if tb.add(ret("s3", "m3", 500)) {
+		t.Fatal("the table took a request past --max-pending")
+	}
+	if tb.size() != 2 {
+		t.Fatalf("table holds %d, bound 2", tb.size())
+	}
+	tb.finish(tb.takeWaiting(time.Now())[0])
+	if !tb.add(ret("s3", "m3", 500)) {
+		t.Fatal("a freed slot was not reused")
+	}
+}
+
+// No dam (DESIGN §3.4): an auth request whose socket closed before it was sent, one
+// older than --auth-max-age, and any request older than --request-max-age are
+// dropped unsent and counted; an auth request already on its way is kept.
+func TestClassPolicyDropsWhatNobodyWaitsFor(t *testing.T) {
+	tb := testTable(t)
+	tb.e.cfg.AuthMaxAge = 30 * time.Second
+	tb.e.cfg.RequestMaxAge = 15 * time.Minute
+	now := time.Now()
+
+	gone := auth("a1", "m1")
+	tb.add(gone)
+	tb.peerGone([]byte("a1"))
+
+	old := auth("a2", "m2")
+	old.created = now.Add(-31 * time.Second)
+	tb.add(old)
+
+	expired := ret("r1", "m3", 500)
+	expired.created = now.Add(-16 * time.Minute)
+	tb.add(expired)
+
+	fresh := auth("a3", "m4")
+	tb.add(fresh)
+	ret1 := ret("r2", "m5", 500)
+	tb.add(ret1)
+
+	got := tb.takeWaiting(now)
+	if len(got) != 2 || got[0] != fresh || got[1] != ret1 {
+		t.Fatalf("want only the fresh auth and the fresh return sent, got %v", ids(got))
+	}
+	if n := dropped(tb, "stale_auth"); n != 2 {
+		t.Errorf("stale_auth drops: %v, want 2", n)
+	}
+	if n := dropped(tb, "expired"); n != 1 {
+		t.Errorf("expired drops: %v, want 1", n)
+	}
+
+	// An auth request already sent when its socket closes stays until the core
+	// answers: it may be at the master, and a request leaves the table only once.
+	tb.peerGone([]byte("a3"))
+	if tb.size() != 2 {
+		t.Errorf("table holds %d, want the two sent requests", tb.size())
+	}
+}
+
+// A minion's retry of a request the table holds joins its chain even when the table
+// is full: refused, its earlier try would reach the master after the outage and the
+// minion's next try a second time.
+func TestRetryJoinsItsChainInAFullTable(t *testing.T) {
+	tb := testTable(t)
+	tb.e.cfg.MaxPending = 1
+	a := ret("s1", "m1", 500)
+	tb.add(a)
+	tb.takeWaiting(time.Now())
+	tb.requeue(a) // it may have reached the core; the link died
+	tb.peerGone([]byte("s1"))
+	if tb.add(ret("s9", "m9", 500)) {
+		t.Fatal("a new request got into a full table")
+	}
+	b := ret("s2", "m1", 500)
+	if !tb.add(b) || b.replaces != a {
+		t.Fatal("the retry was refused by the full table instead of joining its chain")
+	}
+}
