@@ -406,3 +406,49 @@ func lastLine(s, substr string) string {
 	}
 	return ""
 }
+
+// The edge's request table bound hit under a real fault: --max-pending 5, 20 minions
+// each send one request into a 5 s blackout and retry every 3 s, 6 tries. Past the
+// bound the edge refuses (counted and logged) and the minions' own retries carry the
+// requests once the link is back, five at a time: every request is answered, and the
+// master sees each once (the retries of the five held ones join their chains).
+func TestRequestTableFullDuringBlackout(t *testing.T) {
+	ctx := ctxFor(t, 2*time.Minute)
+	l := startWith(t, labOpts{minions: 20, profile: wan.Profile{Delay: 5 * time.Millisecond},
+		timeoutMin: 60 * time.Second, timeoutMax: 60 * time.Second, tries: 1, edgeArgs: []string{"--max-pending", "5"}})
+	l.warm(t, ctx)
+	l.proxy.SetDown(true)
+	type result struct {
+		res harness.RequestResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := l.minions.Request(ctx, harness.RequestOpts{Count: 1, Size: 500, ReplySize: 99, Timeout: 3 * time.Second, Tries: 6})
+		done <- result{r, err}
+	}()
+	time.Sleep(5 * time.Second)
+	l.proxy.SetDown(false)
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	full, _ := l.pair.Edge.Metric("salt_broker_edge_requests_dropped_total", `cause="table_full"`)
+	ms, err := l.master.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("minions: %+v; edge refused %v for a full table; master %d unique, %d duplicated", r.res, full, ms.UniqueRIDs, ms.DupRIDs)
+	if full < 15 {
+		t.Errorf("the edge refused %v requests for a full table; 15 of the first 20 did not fit", full)
+	}
+	if !strings.Contains(l.pair.Edge.Stderr(), "the edge holds --max-pending requests already") {
+		t.Error("no log line for the full table")
+	}
+	if r.res.OK != 20 || r.res.WrongReply != 0 {
+		t.Errorf("want all 20 requests answered by their minions' retries, got %+v", r.res)
+	}
+	if ms.UniqueRIDs != 20 || ms.DupRIDs != 0 {
+		t.Errorf("master: want 20 unique, 0 duplicated; got %d, %d (e.g. %v)", ms.UniqueRIDs, ms.DupRIDs, ms.DupExamples)
+	}
+}
