@@ -154,18 +154,13 @@ func (t *reqTable) chainMemberLocked(o *edgeReq) bool {
 	return t.byID[o.id] == o || t.settled[o.id] == o
 }
 
-// settleLocked drops r, whose chain the master already has, and keeps it for the
-// chain's next try (which is dropped in turn).
+// settleLocked drops r, whose chain the master already has, and keeps it (not
+// pending) for the chain's next try, which is dropped in turn — unless the chain is
+// complete.
 func (t *reqTable) settleLocked(r *edgeReq, now time.Time) {
 	delete(t.byID, r.id)
 	t.e.metrics.dropped.WithLabelValues("retry_at_master").Inc()
-	t.keepSettledLocked(r, now)
-}
-
-// keepSettledLocked remembers r, whose chain the master has, for the chain's next
-// try — unless the chain is complete.
-func (t *reqTable) keepSettledLocked(r *edgeReq, now time.Time) {
-	if _, ok := keyOf(r); !ok || r.chain+1 >= t.e.cfg.MaxRetryChain || t.e.cfg.RetryWindow <= 0 {
+	if r.chain+1 >= t.e.cfg.MaxRetryChain {
 		return
 	}
 	r.settledAt = now
