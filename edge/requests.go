@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -48,11 +49,14 @@ type edgeReq struct {
 type reqTable struct {
 	e *Edge
 
-	mu      sync.Mutex
-	byID    map[uint64]*edgeReq
-	waiting []uint64 // FIFO of requests to put on a stream
-	nextID  uint64
-	kick    chan struct{}
+	mu   sync.Mutex
+	byID map[uint64]*edgeReq
+	// The same requests by minion socket (a REQ has one unanswered at a time), so a
+	// socket's close does not scan the whole table: Salt closes a channel per request.
+	bySocket map[string][]*edgeReq
+	waiting  []uint64 // FIFO of requests to put on a stream
+	nextID   uint64
+	kick     chan struct{}
 
 	orphans map[chainKey][]*edgeReq // unanswered requests whose minion socket closed
 	recent  map[chainKey][]*edgeReq // requests of the last RetryWindow
@@ -65,7 +69,7 @@ type reqTable struct {
 }
 
 func newReqTable(e *Edge) *reqTable {
-	return &reqTable{e: e, byID: make(map[uint64]*edgeReq), kick: make(chan struct{}, 1),
+	return &reqTable{e: e, byID: make(map[uint64]*edgeReq), bySocket: make(map[string][]*edgeReq), kick: make(chan struct{}, 1),
 		orphans: make(map[chainKey][]*edgeReq), recent: make(map[chainKey][]*edgeReq), settled: make(map[uint64]*edgeReq),
 		lastOfShape: make(map[chainKey]*edgeReq), sockets: make(map[string]struct{})}
 }
@@ -97,6 +101,7 @@ func (t *reqTable) add(r *edgeReq) bool {
 	t.nextID++
 	r.id = t.nextID
 	t.byID[r.id] = r
+	t.bySocket[string(r.identity)] = append(t.bySocket[string(r.identity)], r)
 	if prev != nil {
 		t.linkLocked(prev, r)
 	}
@@ -122,11 +127,11 @@ func (t *reqTable) takeWaiting(now time.Time) []*edgeReq {
 		age := now.Sub(r.created)
 		switch {
 		case r.env.Class == saltmsg.ClassAuth && (r.peerGone || age > t.e.cfg.AuthMaxAge):
-			delete(t.byID, id)
+			t.removeLocked(r)
 			t.e.metrics.dropped.WithLabelValues("stale_auth").Inc()
 			continue
 		case age > t.e.cfg.RequestMaxAge:
-			delete(t.byID, id)
+			t.removeLocked(r)
 			t.e.metrics.dropped.WithLabelValues("expired").Inc()
 			t.e.log.Warn("request dropped unsent: older than --request-max-age", "minion", r.env.ID, "class", r.env.Class, "age", age.Round(time.Second))
 			continue
@@ -158,7 +163,7 @@ func (t *reqTable) finish(r *edgeReq) bool {
 	if t.byID[r.id] != r {
 		return false
 	}
-	delete(t.byID, r.id)
+	t.removeLocked(r)
 	if k, ok := keyOf(r); ok && t.lastOfShape[k] == r {
 		delete(t.lastOfShape, k) // an answered request is nobody's earlier try; let it go
 	}
@@ -178,18 +183,27 @@ func (t *reqTable) peerGone(identity []byte) {
 		}
 	}
 	delete(t.sockets, string(identity))
-	for id, r := range t.byID {
-		if !bytes.Equal(r.identity, identity) {
-			continue
-		}
+	for _, r := range slices.Clone(t.bySocket[string(identity)]) {
 		r.peerGone = true
 		t.e.log.Debug("minion socket closed with a request unanswered", "id", r.id, "minion", r.env.ID, "socket", hex.EncodeToString(identity))
 		if r.env.Class == saltmsg.ClassAuth && r.state == reqWaiting {
-			delete(t.byID, id)
+			t.removeLocked(r)
 			t.e.metrics.dropped.WithLabelValues("stale_auth").Inc()
 			continue
 		}
 		t.orphanLocked(r)
+	}
+}
+
+// removeLocked takes r out of the table (it is answered, refused or dropped).
+func (t *reqTable) removeLocked(r *edgeReq) {
+	delete(t.byID, r.id)
+	key := string(r.identity)
+	list := slices.DeleteFunc(t.bySocket[key], func(n *edgeReq) bool { return n == r })
+	if len(list) == 0 {
+		delete(t.bySocket, key)
+	} else {
+		t.bySocket[key] = list
 	}
 }
 

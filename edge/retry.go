@@ -158,7 +158,7 @@ func (t *reqTable) chainMemberLocked(o *edgeReq) bool {
 // pending) for the chain's next try, which is dropped in turn — unless the chain is
 // complete.
 func (t *reqTable) settleLocked(r *edgeReq, now time.Time) {
-	delete(t.byID, r.id)
+	t.removeLocked(r)
 	t.e.metrics.dropped.WithLabelValues("retry_at_master").Inc()
 	if r.chain+1 >= t.e.cfg.MaxRetryChain {
 		return
@@ -203,7 +203,7 @@ func (t *reqTable) linkLocked(prev, r *edgeReq) {
 		// that wait, so the chain still reaches the master once.
 		r.replaces = prev.replaces
 		prev.successor = r
-		delete(t.byID, prev.id)
+		t.removeLocked(prev)
 		t.e.metrics.dropped.WithLabelValues("retry_replaced").Inc()
 		for i, c := range t.cancels {
 			if c == prev {
@@ -213,7 +213,7 @@ func (t *reqTable) linkLocked(prev, r *edgeReq) {
 		return
 	}
 	if !prev.everSent && prev.state == reqWaiting {
-		delete(t.byID, prev.id)
+		t.removeLocked(prev)
 		t.e.metrics.dropped.WithLabelValues("retry_replaced").Inc()
 		return
 	}
@@ -262,7 +262,7 @@ func (t *reqTable) resolveRetry(r *edgeReq, result byte) {
 	}
 	prev := r.replaces
 	if t.byID[prev.id] == prev {
-		delete(t.byID, prev.id)
+		t.removeLocked(prev)
 		t.e.metrics.dropped.WithLabelValues("retry_replaced").Inc()
 	}
 	r.replaces = nil
