@@ -35,9 +35,16 @@ func TestFullTableRefuses(t *testing.T) {
 	if tb.size() != 2 {
 		t.Fatalf("table holds %d, bound 2", tb.size())
 	}
-	tb.finish(tb.takeWaiting(time.Now())[0])
+	sent := tb.takeWaiting(time.Now())
+	tb.finish(sent[0])
 	if !tb.add(ret("s3", "m3", 500)) {
 		t.Fatal("a freed slot was not reused")
+	}
+	for _, r := range append(sent[1:], tb.takeWaiting(time.Now())...) {
+		tb.finish(r)
+	}
+	if tb.size() != 0 || len(tb.bySocket) != 0 {
+		t.Errorf("an empty table (%d) still indexes %d sockets", tb.size(), len(tb.bySocket))
 	}
 }
 
