@@ -88,10 +88,33 @@ func (l *lab) settle(t *testing.T, ctx context.Context, want int64) harness.Mini
 	return st
 }
 
-// settleQuiet is settle for runs that lose publications by design: every return
-// has ended and nothing changed for 2 s.
-func (l *lab) settleQuiet(t *testing.T, ctx context.Context) harness.MinionStats {
+// settleQuiet is settle for runs that lose publications by design: every minion
+// holds the last publication (lastSeq, the master's sequence), every return has
+// ended and nothing changed for 2 s.
+func (l *lab) settleQuiet(t *testing.T, ctx context.Context, lastSeq uint64) harness.MinionStats {
 	t.Helper()
+	start := time.Now()
+	for {
+		full, err := l.minions.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all := len(full.PerMinion) > 0
+		for _, m := range full.PerMinion {
+			all = all && m.LastSeq >= lastSeq
+		}
+		if all {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the last publication (seq %d) did not reach every minion", lastSeq)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Logf("the last publication reached every minion %s after the master sent it", d.Round(time.Millisecond))
+	}
 	st, err := l.minions.Settle(ctx, 0, 2*time.Second)
 	if err != nil {
 		t.Fatalf("%v: %+v", err, st)
@@ -292,10 +315,11 @@ func TestRestartsMidRun(t *testing.T) {
 	subscribed := waitCoreSubscribed(t, ctx, l)
 	coreDown := subscribed.Sub(killed)
 
-	if _, err := l.master.WaitPublished(ctx, tag); err != nil {
+	published, err := l.master.WaitPublished(ctx, tag)
+	if err != nil {
 		t.Fatal(err)
 	}
-	st := l.settleQuiet(t, ctx)
+	st := l.settleQuiet(t, ctx, published.LastSeq)
 	full, err := l.minions.Stats(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -372,10 +396,11 @@ func TestPublicationGapBeyondReplayWindow(t *testing.T) {
 	l.proxy.SetDown(true)
 	time.Sleep(3 * time.Second)
 	l.proxy.SetDown(false)
-	if _, err := l.master.WaitPublished(ctx, tag); err != nil {
+	published, err := l.master.WaitPublished(ctx, tag)
+	if err != nil {
 		t.Fatal(err)
 	}
-	st := l.settleQuiet(t, ctx)
+	st := l.settleQuiet(t, ctx, published.LastSeq)
 	coreGap, _ := l.pair.Core.Metric("salt_broker_core_publication_gap_total")
 	edgeGap, _ := l.pair.Edge.Metric("salt_broker_edge_publication_gap_total")
 	n := int64(st.Minions)
