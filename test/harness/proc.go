@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -135,7 +136,28 @@ func (p *Proc) cleanup() {
 	}
 	if p.t.Failed() {
 		p.t.Logf("---- %s (pid %d) ----\n%s", p.Name, p.Pid(), p.Dump())
+		p.saveStderr()
 	}
+}
+
+// saveStderr writes everything kept of the process's stderr to a file in
+// $HARNESS_FAIL_LOGS, when set: the failure dump shows only its tail, and a flaky
+// failure is usually explained by what happened long before the end.
+func (p *Proc) saveStderr() {
+	dir := os.Getenv("HARNESS_FAIL_LOGS")
+	if dir == "" {
+		return
+	}
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(p.t.Name())
+	path := filepath.Join(dir, fmt.Sprintf("%s-%s-%d.log", name, p.Name, p.Pid()))
+	if err := os.MkdirAll(dir, 0o755); err == nil {
+		err = os.WriteFile(path, []byte(p.Stderr()), 0o644)
+		if err == nil {
+			p.t.Logf("%s: full stderr kept in %s", p.Name, path)
+			return
+		}
+	}
+	p.t.Logf("%s: could not keep stderr in %s", p.Name, dir)
 }
 
 func (p *Proc) readStdout(r *os.File) {
