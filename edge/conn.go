@@ -212,6 +212,7 @@ func (e *Edge) handshake(ctx context.Context, sess tunnel.Session) (*conn, error
 	}
 	c.lastPong.Store(time.Now().UnixNano())
 	c.wg.Go(func() { c.runControl(st, rd) })
+	e.reqs.connected(time.Now())
 	c.log.Info("connected to the core", "core_epoch", ack.CoreEpoch, "core_head_seq", ack.HeadSeq,
 		"pub_cursor", cursor, "pending_requests", hello.Pending)
 	return c, nil

@@ -36,12 +36,14 @@ type edgeReq struct {
 	peerGone bool // the minion socket that asked has closed
 
 	// Retry chains (retry.go): a minion's own re-encrypted retry of this request.
-	chain      int       // tries of the minion's chain before this one
-	goneAt     time.Time // when its minion socket closed with it unanswered
-	cancelling bool      // a retry replaces it: never put it on a stream again
-	replaces   *edgeReq  // the chain's try that may have reached the core; this one waits for its withdrawal
-	successor  *edgeReq  // a later retry that took over this one's wait
-	settledAt  time.Time // dropped because the master has its chain: kept in reqTable.settled
+	chain      int           // tries of the minion's chain before this one
+	tryGap     time.Duration // since the chain's previous try: the minion's retry timer, as seen here
+	goneAt     time.Time     // when its minion socket closed with it unanswered
+	cancelling bool          // a retry replaces it: never put it on a stream again
+	replaces   *edgeReq      // the chain's try that may have reached the core; this one waits for its withdrawal
+	successor  *edgeReq      // a later retry that took over this one's wait
+	settledAt  time.Time     // dropped because the master has its chain: kept in reqTable.settled
+	answeredAt time.Time     // its reply was handed to its minion
 }
 
 // reqTable holds unanswered requests. A request leaves it exactly once: with its
@@ -66,6 +68,7 @@ type reqTable struct {
 	settled     map[uint64]*edgeReq
 	lastOfShape map[chainKey]*edgeReq // each minion's newest request of each shape
 	sockets     map[string]struct{}   // minion sockets that have sent a request and are open
+	upSince     time.Time             // when the current connection to the core came up
 }
 
 func newReqTable(e *Edge) *reqTable {
@@ -155,9 +158,10 @@ func (t *reqTable) requeue(r *edgeReq) {
 	t.wake()
 }
 
-// finish removes a request; only the first caller gets true, which is what makes
-// every reply reach its minion at most once.
-func (t *reqTable) finish(r *edgeReq) bool {
+// finish removes a request, answered (its reply goes to its minion) or not; only
+// the first caller gets true, which is what makes every reply reach its minion at
+// most once.
+func (t *reqTable) finish(r *edgeReq, answered bool) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.byID[r.id] != r {
@@ -165,9 +169,20 @@ func (t *reqTable) finish(r *edgeReq) bool {
 	}
 	t.removeLocked(r)
 	if k, ok := keyOf(r); ok && t.lastOfShape[k] == r {
-		delete(t.lastOfShape, k) // an answered request is nobody's earlier try; let it go
+		if answered {
+			r.answeredAt = time.Now() // its minion's timer may fire as the reply arrives (retry.go)
+		} else {
+			delete(t.lastOfShape, k)
+		}
 	}
 	return true
+}
+
+// connected notes that a connection to the core came up.
+func (t *reqTable) connected(now time.Time) {
+	t.mu.Lock()
+	t.upSince = now
+	t.mu.Unlock()
 }
 
 // peerGone is zmtp's callback when a minion socket closes. Its unsent auth requests
@@ -280,7 +295,7 @@ func (e *Edge) dispatchLoop(ctx context.Context) {
 
 // deliver hands a reply to the minion that asked, once.
 func (e *Edge) deliver(r *edgeReq, reply [][]byte) {
-	if !e.reqs.finish(r) {
+	if !e.reqs.finish(r, true) {
 		e.metrics.dropped.WithLabelValues("superseded_reply").Inc()
 		return
 	}
@@ -301,7 +316,7 @@ func (e *Edge) deliver(r *edgeReq, reply [][]byte) {
 
 // refused ends a request the core will not answer; the minion's own retry takes over.
 func (e *Edge) refused(r *edgeReq, ref wire.Refused) {
-	if !e.reqs.finish(r) {
+	if !e.reqs.finish(r, false) {
 		return
 	}
 	e.metrics.replies.WithLabelValues("refused").Inc()

@@ -36,12 +36,12 @@ func TestFullTableRefuses(t *testing.T) {
 		t.Fatalf("table holds %d, bound 2", tb.size())
 	}
 	sent := tb.takeWaiting(time.Now())
-	tb.finish(sent[0])
+	tb.finish(sent[0], true)
 	if !tb.add(ret("s3", "m3", 500)) {
 		t.Fatal("a freed slot was not reused")
 	}
 	for _, r := range append(sent[1:], tb.takeWaiting(time.Now())...) {
-		tb.finish(r)
+		tb.finish(r, true)
 	}
 	if tb.size() != 0 || len(tb.bySocket) != 0 {
 		t.Errorf("an empty table (%d) still indexes %d sockets", tb.size(), len(tb.bySocket))

@@ -111,12 +111,49 @@ func (t *reqTable) earlierTryLocked(r *edgeReq) *edgeReq {
 		return nil
 	}
 	o := t.lastOfShape[k]
-	if o == nil || !t.unansweredLocked(o) || bytes.Equal(o.identity, r.identity) ||
-		o.chain+1 >= t.e.cfg.MaxRetryChain || r.created.Sub(o.created) < minRetryAge {
+	if o == nil || bytes.Equal(o.identity, r.identity) || o.chain+1 >= t.e.cfg.MaxRetryChain ||
+		r.created.Sub(o.created) < minRetryAge {
+		return nil
+	}
+	if !o.answeredAt.IsZero() {
+		return t.retryOfAnsweredLocked(o, r)
+	}
+	if !t.unansweredLocked(o) {
 		return nil
 	}
 	return o
 }
+
+// retryOfAnsweredLocked: o was answered a moment before r, a first request of a
+// new socket with o's shape, came. When o's reply reaches its minion just as the
+// minion's retry timer fires, the minion sends its next try anyway: the reply is
+// lost to it, and the master already has the chain. Salt draws return_retry_timer
+// once per return and waits it out before every try, so a try that comes one
+// timer after o — the gap o itself came after its previous try — is o's next try,
+// and it is dropped like any try of a chain the master has. A first try's timer is
+// not known (it has no previous try), and Salt's job processes send same-shape
+// requests on new sockets right after an answer (cp.get_file), so a request that
+// only comes soon after an answer is passed on; it is counted when the answer was
+// held up by an outage, when a retry of it is likely.
+func (t *reqTable) retryOfAnsweredLocked(o, r *edgeReq) *edgeReq {
+	if r.created.Sub(o.answeredAt) > t.e.cfg.RetryWindow {
+		return nil
+	}
+	if gap := r.created.Sub(o.created); o.chain > 0 && (gap-o.tryGap).Abs() <= retryTimerSlack {
+		t.e.metrics.retriesAfterReply.WithLabelValues("dropped").Inc()
+		return o
+	}
+	if o.created.Before(t.upSince) && t.upSince.Before(o.answeredAt) {
+		t.e.metrics.retriesAfterReply.WithLabelValues("passed").Inc()
+		t.e.log.Debug("minion request may retry a return answered just before; passed on, the master may see it twice",
+			"minion", r.env.ID, "earlier_id", o.id, "since_answer", r.created.Sub(o.answeredAt))
+	}
+	return nil
+}
+
+// retryTimerSlack is how far a minion's tries may drift from its retry timer, as
+// seen at the edge: its event loop's lateness and the local network's jitter.
+const retryTimerSlack = 500 * time.Millisecond
 
 // noteShapeLocked indexes r for the retries that may follow it: its socket has
 // now sent a request, and it is its minion's newest request of its shape.
@@ -189,11 +226,13 @@ func (t *reqTable) pruneSettledLocked(now time.Time) {
 // withdraw it.
 func (t *reqTable) linkLocked(prev, r *edgeReq) {
 	r.chain = prev.chain + 1
+	r.tryGap = r.created.Sub(prev.created)
+	masterHasIt := !prev.settledAt.IsZero() || !prev.answeredAt.IsZero()
 	t.e.metrics.retries.Inc()
 	t.e.log.Debug("minion retry recognised", "minion", r.env.ID, "id", r.id, "earlier_id", prev.id, "try", r.chain+1,
-		"earlier_sent", prev.everSent, "master_has_it", !prev.settledAt.IsZero())
-	if t.settled[prev.id] == prev {
-		// The master has this chain already: this try goes the way of the last one.
+		"earlier_sent", prev.everSent, "master_has_it", masterHasIt)
+	if masterHasIt {
+		// This try goes the way of the last one.
 		delete(t.settled, prev.id)
 		t.settleLocked(r, r.created)
 		return

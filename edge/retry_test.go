@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
 	"github.com/salt-broker/salt-broker/internal/saltmsg"
@@ -262,7 +263,7 @@ func TestNewChannelAfterAnAnswerIsNotARetry(t *testing.T) {
 		a.created = time.Now().Add(-2 * time.Second) // a slow answer
 		tb.add(a)
 		tb.takeWaiting(time.Now())
-		if !tb.finish(a) {
+		if !tb.finish(a, true) {
 			t.Fatal("the reply was not delivered")
 		}
 		if closeFirst {
@@ -286,10 +287,59 @@ func TestNextReturnOnTheSameSocketGoesAtOnce(t *testing.T) {
 	a := ret("s1", "m1", 500)
 	tb.add(a)
 	tb.takeWaiting(time.Now())
-	tb.finish(a)
+	tb.finish(a, true)
 	b := ret("s1", "m1", 500)
 	tb.add(b)
 	if got := tb.takeWaiting(time.Now()); len(got) != 1 || got[0] != b {
 		t.Fatalf("want the next return sent at once, got %v", ids(got))
+	}
+}
+
+// A minion whose reply arrives just as its retry timer fires sends its next try
+// anyway, on a new socket. One timer after its previous try, that try belongs to a
+// chain the master has: it is dropped. At another moment it is a request of its own.
+func TestTryRacingItsReplyIsDropped(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		gap     time.Duration // from the answered try to the next request
+		outage  bool          // the answer was held up by an outage
+		dropped bool
+		passed  float64 // counted as a possible retry passed on
+	}{
+		{"one timer later", 7 * time.Second, false, true, 0},
+		{"within the slack", 7*time.Second + 300*time.Millisecond, true, true, 0},
+		{"another gap", 4 * time.Second, false, false, 0},
+		{"another gap after an outage", 4 * time.Second, true, false, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tb := testTable(t)
+			now := time.Now()
+			a := ret("s1", "m1", 500)
+			a.created = now.Add(-14 * time.Second)
+			tb.add(a)
+			b := ret("s2", "m1", 500) // its retry, 7 s later: a was held, never sent
+			b.created = now.Add(-7 * time.Second)
+			tb.add(b)
+			if b.chain != 1 || b.tryGap != 7*time.Second {
+				t.Fatalf("the second try was not recognised: chain %d, gap %s", b.chain, b.tryGap)
+			}
+			if c.outage {
+				tb.connected(b.created.Add(time.Second))
+			}
+			if got := tb.takeWaiting(now); len(got) != 1 || got[0] != b || !tb.finish(b, true) {
+				t.Fatalf("want the second try sent and answered, got %v", ids(got))
+			}
+			next := ret("s3", "m1", 500)
+			next.created = b.created.Add(c.gap)
+			b.answeredAt = next.created.Add(-20 * time.Millisecond)
+			tb.add(next)
+			got := tb.takeWaiting(now)
+			if dropped := len(got) == 0 && tb.size() == 0; dropped != c.dropped {
+				t.Errorf("dropped %v, want %v (sent %v, table %d)", dropped, c.dropped, ids(got), tb.size())
+			}
+			if n := testutil.ToFloat64(tb.e.metrics.retriesAfterReply.WithLabelValues("passed")); n != c.passed {
+				t.Errorf("passed-on possible retries counted %v, want %v", n, c.passed)
+			}
+		})
 	}
 }

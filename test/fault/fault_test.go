@@ -245,18 +245,24 @@ func testBlackoutWithMinionRetries(t *testing.T, lateClose time.Duration) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ms.UniqueRIDs != st.Returns || ms.DupRIDs != 0 {
-		t.Errorf("returns at the master: want %d unique, 0 duplicated; got %d unique, %d duplicated (e.g. %v)",
-			st.Returns, ms.UniqueRIDs, ms.DupRIDs, ms.DupExamples)
+	retries, _ := l.pair.Edge.Metric("salt_broker_edge_minion_retries_total")
+	atMaster, _ := l.pair.Edge.Metric("salt_broker_edge_requests_dropped_total", `cause="retry_at_master"`)
+	replaced, _ := l.pair.Edge.Metric("salt_broker_edge_requests_dropped_total", `cause="retry_replaced"`)
+	racedDropped, _ := l.pair.Edge.Metric("salt_broker_edge_minion_retries_after_reply_total", `action="dropped"`)
+	racedPassed, _ := l.pair.Edge.Metric("salt_broker_edge_minion_retries_after_reply_total", `action="passed"`)
+	t.Logf("minions: %d returns, %d ok, %d failed, %d retried; edge: %v retries recognised, %v tries replaced, %v dropped as at the master, "+
+		"after a reply %v dropped and %v passed on; master: %d unique, %d duplicated",
+		st.Returns, st.ReqOK, st.ReqFailed, st.ReqRetried, retries, replaced, atMaster, racedDropped, racedPassed, ms.UniqueRIDs, ms.DupRIDs)
+	// The one duplicate docs/guarantees.md allows: a first try answered as its
+	// minion's timer fired, whose retry the edge cannot tell from a new request; it
+	// counts each such request it passes on.
+	if ms.UniqueRIDs != st.Returns || float64(ms.DupRIDs) > racedPassed {
+		t.Errorf("returns at the master: want %d unique, at most %v duplicated; got %d unique, %d duplicated (e.g. %v)",
+			st.Returns, racedPassed, ms.UniqueRIDs, ms.DupRIDs, ms.DupExamples)
 	}
 	if st.WrongReply != 0 {
 		t.Errorf("%d minions got a reply that was not for their current try", st.WrongReply)
 	}
-	retries, _ := l.pair.Edge.Metric("salt_broker_edge_minion_retries_total")
-	atMaster, _ := l.pair.Edge.Metric("salt_broker_edge_requests_dropped_total", `cause="retry_at_master"`)
-	replaced, _ := l.pair.Edge.Metric("salt_broker_edge_requests_dropped_total", `cause="retry_replaced"`)
-	t.Logf("minions: %d returns, %d ok, %d failed, %d retried; edge: %v retries recognised, %v tries replaced, %v dropped as at the master; master: %d unique, %d duplicated",
-		st.Returns, st.ReqOK, st.ReqFailed, st.ReqRetried, retries, replaced, atMaster, ms.UniqueRIDs, ms.DupRIDs)
 	if st.ReqRetried > 0 && retries == 0 {
 		t.Error("the minions retried but the edge recognised none")
 	}
