@@ -108,12 +108,13 @@ func (cs *cursorState) waitForMinions(ctx context.Context, pub *zmtp.Pub, hold t
 	}
 }
 
-func (cs *cursorState) save(pub *zmtp.Pub) error {
+// save writes the cursor and the number of minions subscribed now.
+func (cs *cursorState) save(minions int) error {
 	if cs.dir == "" {
 		return nil
 	}
 	cs.mu.Lock()
-	p := persisted{CoreEpoch: cs.epoch, Cursor: cs.cursor, Minions: int(pub.Stats().Peers)}
+	p := persisted{CoreEpoch: cs.epoch, Cursor: cs.cursor, Minions: minions}
 	if p == cs.saved || p.CoreEpoch == 0 {
 		cs.mu.Unlock()
 		return nil
@@ -151,7 +152,7 @@ func (cs *cursorState) saveLoop(ctx context.Context, log *slog.Logger, pub *zmtp
 			return
 		case <-t.C:
 		}
-		if err := cs.save(pub); err != nil {
+		if err := cs.save(int(pub.Stats().Peers)); err != nil {
 			if !failing {
 				log.Error("saving the publication cursor failed; check --state-dir", "err", err)
 			}

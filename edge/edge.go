@@ -27,6 +27,7 @@ const (
 	DefaultAuthMaxAge    = 30 * time.Second
 	DefaultRequestMaxAge = 15 * time.Minute
 	DefaultRetryWindow   = time.Second
+	DefaultDrainTimeout  = 5 * time.Second
 )
 
 // Config is everything the edge needs; cmd/broker fills it from flags.
@@ -54,6 +55,7 @@ type Config struct {
 	QUICProbeInterval time.Duration // on the TCP fallback in auto mode, try QUIC this often
 	RetryWindow       time.Duration // a request this soon after its minion's socket closed with one unanswered may be that one's retry
 	MaxRetryChain     int           // tries in one minion retry chain (Salt's return_retry_tries)
+	DrainTimeout      time.Duration // on stop, wait this long at most for the replies to requests already taken; < 0: none
 
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
@@ -108,6 +110,9 @@ func (c *Config) Defaults() {
 	}
 	if c.MaxRetryChain == 0 {
 		c.MaxRetryChain = 3
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.ZMTP.MaxMessageSize == 0 {
 		c.ZMTP.MaxMessageSize = int64(c.MaxMessageSize)
@@ -175,26 +180,62 @@ func (e *Edge) PubAddr() net.Addr { return e.pub.Addr() }
 // RetAddr is where minions' REQ sockets connect.
 func (e *Edge) RetAddr() net.Addr { return e.router.Addr() }
 
-// Run serves until ctx ends, then closes the minion sockets and the tunnel.
+// Run serves until ctx ends, drains (DrainTimeout), then closes the minion sockets
+// and the tunnel.
 func (e *Edge) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
+	// Everything runs on until the drain is over, not just until ctx ends.
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	e.log.Info("edge started", "pub", e.pub.Addr(), "ret", e.router.Addr(), "core", e.cfg.CoreAddr,
 		"transport", e.cfg.Dial.Mode, "edge_session", fmt.Sprintf("%016x", e.session))
 	var wg sync.WaitGroup
-	wg.Go(func() { e.recvLoop(ctx) })
-	wg.Go(func() { e.dispatchLoop(ctx) })
-	wg.Go(func() { e.cursor.saveLoop(ctx, e.log, e.pub) })
-	e.connectLoop(ctx)
+	wg.Go(func() { e.recvLoop(runCtx) })
+	wg.Go(func() { e.dispatchLoop(runCtx) })
+	wg.Go(func() { e.cursor.saveLoop(runCtx, e.log, e.pub) })
+	wg.Go(func() { e.connectLoop(runCtx) })
+	<-ctx.Done()
+	e.drain()
 	cancel()
+	// Counted before their sockets close: the restarted edge holds its replay until
+	// as many minions are back (a Salt minion may take 10 s to reconnect).
+	minions := int(e.pub.Stats().Peers)
 	_ = e.router.Close()
 	_ = e.pub.Close()
 	wg.Wait()
-	if err := e.cursor.save(e.pub); err != nil {
+	if err := e.cursor.save(minions); err != nil {
 		e.log.Error("saving the publication cursor failed; after a restart this edge resumes from the core's head", "err", err)
 	}
 	e.log.Info("edge stopped")
 	return nil
+}
+
+// drain waits, at most DrainTimeout, until every request taken from a minion has
+// its reply, so a restart does not make minions retry returns the master already has
+// (it would see them twice). Requests that come meanwhile are served too, but not
+// waited for.
+func (e *Edge) drain() {
+	held := e.reqs.heldIDs()
+	if e.cfg.DrainTimeout <= 0 || len(held) == 0 {
+		return
+	}
+	if c, _ := e.currentConn(); c == nil {
+		e.log.Warn("stopping with requests unanswered and no connection to the core; their minions will retry", "pending_requests", len(held))
+		return
+	}
+	e.log.Info("stopping: waiting for the replies to requests already taken", "pending_requests", len(held), "drain_timeout", e.cfg.DrainTimeout)
+	deadline := time.Now().Add(e.cfg.DrainTimeout)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for range t.C {
+		left := e.reqs.stillHeld(held)
+		if left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.log.Warn("stopping with requests unanswered after --drain-timeout; their minions will retry", "pending_requests", left)
+			return
+		}
+	}
 }
 
 // currentConn returns the live connection and a channel closed when the next one comes up.

@@ -178,6 +178,30 @@ func (t *reqTable) finish(r *edgeReq, answered bool) bool {
 	return true
 }
 
+// heldIDs lists the requests held now.
+func (t *reqTable) heldIDs() []uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ids := make([]uint64, 0, len(t.byID))
+	for id := range t.byID {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// stillHeld counts those of ids still held.
+func (t *reqTable) stillHeld(ids []uint64) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, id := range ids {
+		if _, ok := t.byID[id]; ok {
+			n++
+		}
+	}
+	return n
+}
+
 // connected notes that a connection to the core came up.
 func (t *reqTable) connected(now time.Time) {
 	t.mu.Lock()

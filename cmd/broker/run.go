@@ -119,6 +119,7 @@ Example:
 			&cli.DurationFlag{Name: "request-max-age", Value: edge.DefaultRequestMaxAge, Usage: "other requests older than this are dropped unsent", EnvVars: env("request-max-age")},
 			&cli.DurationFlag{Name: "retry-window", Value: edge.DefaultRetryWindow, Usage: "how soon after a minion socket closed with a request unanswered a same-shape request from a new socket counts as its retry; 0 turns retry recognition off (docs/guarantees.md)", EnvVars: env("retry-window")},
 			&cli.IntFlag{Name: "retry-chain", Value: 3, Usage: "tries in one minion retry chain (Salt's return_retry_tries)", EnvVars: env("retry-chain")},
+			&cli.DurationFlag{Name: "drain-timeout", Value: edge.DefaultDrainTimeout, Usage: "on SIGTERM, wait at most this long for the replies to requests already taken from minions, so a restart does not make them retry returns the master has; 0 stops at once", EnvVars: env("drain-timeout")},
 			&cli.IntFlag{Name: "max-minions", Value: 20_000, Usage: "connections accepted on each minion port", EnvVars: env("max-minions")},
 		}, tlsFlags()...), commonFlags("127.0.0.1:9511")...),
 		Before: loadConfigFile(map[string]string{"publish_port": "pub-port", "ret_port": "ret-port", "master": "core"}),
@@ -154,10 +155,14 @@ Example:
 				RetryWindow:       c.Duration("retry-window"),
 				QUICProbeInterval: c.Duration("quic-probe-interval"),
 				MaxRetryChain:     c.Int("retry-chain"),
+				DrainTimeout:      c.Duration("drain-timeout"),
 				Registry:          reg,
 			}
 			if cfg.RetryWindow == 0 {
 				cfg.RetryWindow = -1 // off: no request is within a negative window
+			}
+			if cfg.DrainTimeout == 0 {
+				cfg.DrainTimeout = -1 // stop at once
 			}
 			cfg.ZMTP.MaxPeers = c.Int("max-minions")
 			e, err := edge.New(cfg)
