@@ -69,6 +69,7 @@ type reqTable struct {
 	lastOfShape map[chainKey]*edgeReq // each minion's newest request of each shape
 	sockets     map[string]struct{}   // minion sockets that have sent a request and are open
 	upSince     time.Time             // when the current connection to the core came up
+	answered    []*edgeReq            // requests answered in the last RetryWindow, oldest first
 }
 
 func newReqTable(e *Edge) *reqTable {
@@ -168,14 +169,35 @@ func (t *reqTable) finish(r *edgeReq, answered bool) bool {
 		return false
 	}
 	t.removeLocked(r)
+	now := time.Now()
+	t.forgetAnswersLocked(now)
 	if k, ok := keyOf(r); ok && t.lastOfShape[k] == r {
 		if answered {
-			r.answeredAt = time.Now() // its minion's timer may fire as the reply arrives (retry.go)
+			// Its minion's timer may fire as the reply arrives (retry.go): kept
+			// for one RetryWindow.
+			r.answeredAt = now
+			t.answered = append(t.answered, r)
 		} else {
 			delete(t.lastOfShape, k)
 		}
 	}
 	return true
+}
+
+// forgetAnswersLocked lets go of answered requests older than one RetryWindow.
+func (t *reqTable) forgetAnswersLocked(now time.Time) {
+	n := 0
+	for _, r := range t.answered {
+		if now.Sub(r.answeredAt) <= t.e.cfg.RetryWindow {
+			break
+		}
+		if k, _ := keyOf(r); t.lastOfShape[k] == r {
+			delete(t.lastOfShape, k)
+		}
+		n++
+	}
+	clear(t.answered[:n])
+	t.answered = t.answered[n:]
 }
 
 // heldIDs lists the requests held now.

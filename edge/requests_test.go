@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -110,5 +111,29 @@ func TestRetryJoinsItsChainInAFullTable(t *testing.T) {
 	b := ret("s2", "m1", 500)
 	if !tb.add(b) || b.replaces != a {
 		t.Fatal("the retry was refused by the full table instead of joining its chain")
+	}
+}
+
+// Answered requests are kept one retry window (a try racing its reply may follow),
+// then let go: the shape index does not grow with the traffic.
+func TestAnsweredRequestsAreLetGo(t *testing.T) {
+	tb := testTable(t)
+	tb.e.cfg.RetryWindow = 50 * time.Millisecond
+	for i := range 3 {
+		r := ret(fmt.Sprintf("s%d", i), fmt.Sprintf("m%d", i), 500)
+		tb.add(r)
+		tb.takeWaiting(time.Now())
+		tb.finish(r, true)
+	}
+	if len(tb.lastOfShape) != 3 || len(tb.answered) != 3 {
+		t.Fatalf("want the 3 answers kept for the window, got %d shapes, %d answers", len(tb.lastOfShape), len(tb.answered))
+	}
+	time.Sleep(60 * time.Millisecond)
+	last := ret("s9", "m9", 500)
+	tb.add(last)
+	tb.takeWaiting(time.Now())
+	tb.finish(last, true)
+	if len(tb.lastOfShape) != 1 || len(tb.answered) != 1 || tb.answered[0] != last {
+		t.Errorf("after the window: %d shapes, %d answers kept, want only the newest", len(tb.lastOfShape), len(tb.answered))
 	}
 }
