@@ -22,8 +22,9 @@ import (
 
 // Defaults of the documented bounds.
 const (
-	DefaultRingAge  = 10 * time.Minute
-	DefaultDedupTTL = 30 * time.Minute
+	DefaultRingAge      = 10 * time.Minute
+	DefaultDedupTTL     = 30 * time.Minute
+	DefaultDrainTimeout = 5 * time.Second
 )
 
 // Config is everything the core needs; cmd/broker fills it from flags.
@@ -41,6 +42,7 @@ type Config struct {
 	MasterTimeout  time.Duration // a request the master has not answered by then is refused
 	MaxMessageSize int           // bytes of one publication, request or reply
 	WriteTimeout   time.Duration // a tunnel write blocked this long ends the stream
+	DrainTimeout   time.Duration // on stop, wait this long at most for requests in flight to be answered and confirmed; < 0: none
 
 	Logger   *slog.Logger
 	Registry prometheus.Registerer // nil: metrics are kept but not exported
@@ -87,6 +89,9 @@ func (c *Config) Defaults() {
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = 30 * time.Second
 	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -94,14 +99,16 @@ func (c *Config) Defaults() {
 
 // Core serves edges. Create it with New, then Run it.
 type Core struct {
-	cfg     Config
-	log     *slog.Logger
-	epoch   uint64
-	ln      *tunnel.Listener
-	ring    *ring
-	table   *table
-	slots   chan struct{}
-	metrics *metrics
+	cfg   Config
+	log   *slog.Logger
+	epoch uint64
+	ln    *tunnel.Listener
+	ring  *ring
+	table *table
+	slots chan struct{}
+	// Closed when the core starts to stop: no request goes to the master after it.
+	draining chan struct{}
+	metrics  *metrics
 
 	mu    sync.Mutex
 	edges map[*edgeConn]struct{}
@@ -124,7 +131,7 @@ func New(cfg Config) (*Core, error) {
 		ln:    ln,
 		ring:  newRing(cfg.Ring),
 		table: newTable(cfg.Table),
-		slots: make(chan struct{}, cfg.MaxInFlight),
+		slots: make(chan struct{}, cfg.MaxInFlight), draining: make(chan struct{}),
 		edges: make(map[*edgeConn]struct{}),
 	}
 	c.metrics = newMetrics(c, cfg.Registry)
@@ -139,34 +146,72 @@ func (c *Core) TCPAddr() net.Addr { return c.ln.TCPAddr() }
 
 // Run serves until ctx ends, then closes everything it started.
 func (c *Core) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
+	// Everything runs on until the drain is over, not just until ctx ends.
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	c.log.Info("core started", "listen_udp", c.ln.Addr(), "listen_tcp", c.ln.TCPAddr(),
 		"master_pub", endpoint(c.cfg.MasterHost, c.cfg.MasterPubPort),
 		"master_ret", endpoint(c.cfg.MasterHost, c.cfg.MasterRetPort), "epoch", c.epoch)
 
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = c.runMaster(ctx) })
-	wg.Go(func() { c.runSweeper(ctx) })
+	wg.Go(func() { _ = c.runMaster(runCtx) })
+	wg.Go(func() { c.runSweeper(runCtx) })
 
 	var sessions sync.WaitGroup
-	for {
-		sess, err := c.ln.Accept(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				c.log.Error("accepting edges stopped", "err", err)
+	accepting := make(chan struct{})
+	wg.Go(func() {
+		defer close(accepting)
+		for {
+			sess, err := c.ln.Accept(runCtx)
+			if err != nil {
+				if runCtx.Err() == nil {
+					c.log.Error("accepting edges stopped", "err", err)
+				}
+				return
 			}
-			break
+			sessions.Go(func() { c.serveEdge(runCtx, sess) })
 		}
-		sessions.Go(func() { c.serveEdge(ctx, sess) })
+	})
+	select {
+	case <-ctx.Done():
+		c.drain()
+	case <-accepting:
 	}
 	cancel()
+	<-accepting
 	_ = c.ln.Close()
 	c.table.shutdown()
 	sessions.Wait()
 	wg.Wait()
 	c.log.Info("core stopped")
 	return nil
+}
+
+// drain waits, at most DrainTimeout, until the master has answered every request in
+// flight and its edge has confirmed the reply: an edge re-sends what it has no reply
+// for to the next core, which does not know it went to the master already. Nothing
+// new goes to the master meanwhile; the edges re-send those requests to the next
+// core.
+func (c *Core) drain() {
+	close(c.draining)
+	keys := c.table.unfinished()
+	if c.cfg.DrainTimeout <= 0 || len(keys) == 0 {
+		return
+	}
+	c.log.Info("stopping: waiting for the master to answer the requests in flight", "requests", len(keys), "drain_timeout", c.cfg.DrainTimeout)
+	deadline := time.Now().Add(c.cfg.DrainTimeout)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for range t.C {
+		left := c.table.stillUnfinished(keys)
+		if left == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.log.Warn("stopping with requests unanswered after --drain-timeout; their edges re-send them to the next core, and the master may see them twice", "requests", left)
+			return
+		}
+	}
 }
 
 func (c *Core) runSweeper(ctx context.Context) {

@@ -101,11 +101,15 @@ func (c *Core) runDealerSend(ctx context.Context, dealer zmq4.Socket, connected 
 		var p *pending
 		select {
 		case p = <-c.table.queue:
+		case <-c.draining:
+			return
 		case <-ctx.Done():
 			return
 		}
 		select {
 		case c.slots <- struct{}{}:
+		case <-c.draining:
+			return // p stays queued: its edge re-sends it to the next core
 		case <-ctx.Done():
 			return
 		}

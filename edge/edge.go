@@ -55,7 +55,7 @@ type Config struct {
 	QUICProbeInterval time.Duration // on the TCP fallback in auto mode, try QUIC this often
 	RetryWindow       time.Duration // a request this soon after its minion's socket closed with one unanswered may be that one's retry
 	MaxRetryChain     int           // tries in one minion retry chain (Salt's return_retry_tries)
-	DrainTimeout      time.Duration // on stop, wait this long at most for the replies to requests already taken; < 0: none
+	DrainTimeout      time.Duration // on stop, wait this long at most for the replies to requests already sent; < 0: none
 
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
@@ -209,12 +209,12 @@ func (e *Edge) Run(ctx context.Context) error {
 	return nil
 }
 
-// drain waits, at most DrainTimeout, until every request taken from a minion has
-// its reply, so a restart does not make minions retry returns the master already has
-// (it would see them twice). Requests that come meanwhile are served too, but not
-// waited for.
+// drain waits, at most DrainTimeout, until every request sent to the core has its
+// reply, so a restart does not make minions retry returns the master already has (it
+// would see them twice). Nothing more is sent meanwhile: requests not yet sent die
+// with the edge, and their minions retry them through the next one.
 func (e *Edge) drain() {
-	held := e.reqs.heldIDs()
+	held := e.reqs.startDrain()
 	if e.cfg.DrainTimeout <= 0 || len(held) == 0 {
 		return
 	}
@@ -222,7 +222,7 @@ func (e *Edge) drain() {
 		e.log.Warn("stopping with requests unanswered and no connection to the core; their minions will retry", "pending_requests", len(held))
 		return
 	}
-	e.log.Info("stopping: waiting for the replies to requests already taken", "pending_requests", len(held), "drain_timeout", e.cfg.DrainTimeout)
+	e.log.Info("stopping: waiting for the replies to requests already sent", "pending_requests", len(held), "drain_timeout", e.cfg.DrainTimeout)
 	deadline := time.Now().Add(e.cfg.DrainTimeout)
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()

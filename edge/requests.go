@@ -70,6 +70,7 @@ type reqTable struct {
 	sockets     map[string]struct{}   // minion sockets that have sent a request and are open
 	upSince     time.Time             // when the current connection to the core came up
 	answered    []*edgeReq            // requests answered in the last RetryWindow, oldest first
+	draining    bool                  // the edge is stopping: nothing more is sent
 }
 
 func newReqTable(e *Edge) *reqTable {
@@ -122,6 +123,9 @@ func (t *reqTable) add(r *edgeReq) bool {
 func (t *reqTable) takeWaiting(now time.Time) []*edgeReq {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.draining {
+		return nil
+	}
 	out := make([]*edgeReq, 0, len(t.waiting))
 	for _, id := range t.waiting {
 		r := t.byID[id]
@@ -200,13 +204,18 @@ func (t *reqTable) forgetAnswersLocked(now time.Time) {
 	t.answered = t.answered[n:]
 }
 
-// heldIDs lists the requests held now.
-func (t *reqTable) heldIDs() []uint64 {
+// startDrain stops sending requests, and lists those already sent: a request sent
+// during the drain could reach the master after the edge is gone, and its minion's
+// retry through the next edge would reach it again.
+func (t *reqTable) startDrain() []uint64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	ids := make([]uint64, 0, len(t.byID))
-	for id := range t.byID {
-		ids = append(ids, id)
+	t.draining = true
+	var ids []uint64
+	for id, r := range t.byID {
+		if r.everSent {
+			ids = append(ids, id)
+		}
 	}
 	return ids
 }

@@ -63,6 +63,7 @@ Example:
 			&cli.Int64Flag{Name: "ring-bytes", Value: 256 << 20, Usage: "replay ring: payload bytes kept", EnvVars: env("ring-bytes")},
 			&cli.DurationFlag{Name: "ring-age", Value: core.DefaultRingAge, Usage: "replay ring: oldest publication kept (the longest outage replayed)", EnvVars: env("ring-age")},
 			&cli.IntFlag{Name: "max-in-flight", Value: 256, Usage: "requests at the master at once; a backlog drains at this pace", EnvVars: env("max-in-flight")},
+			&cli.DurationFlag{Name: "drain-timeout", Value: core.DefaultDrainTimeout, Usage: "on SIGTERM, wait at most this long for the master to answer the requests in flight (and their edges to confirm), so a restart does not send them to the master twice; 0 stops at once", EnvVars: env("drain-timeout")},
 			&cli.DurationFlag{Name: "dedup-ttl", Value: core.DefaultDedupTTL, Usage: "how long a request ID is remembered (must exceed the longest outage absorbed)", EnvVars: env("dedup-ttl")},
 		}, tlsFlags()...), commonFlags("127.0.0.1:9510")...),
 		Before: loadConfigFile(map[string]string{"publish_port": "master-pub-port", "ret_port": "master-ret-port"}),
@@ -83,7 +84,11 @@ Example:
 				Table:          core.TableLimits{TTL: c.Duration("dedup-ttl")},
 				MaxInFlight:    c.Int("max-in-flight"),
 				MaxMessageSize: c.Int("max-message-size"),
+				DrainTimeout:   c.Duration("drain-timeout"),
 				Registry:       reg,
+			}
+			if cfg.DrainTimeout == 0 {
+				cfg.DrainTimeout = -1 // stop at once
 			}
 			k, err := core.New(cfg)
 			if err != nil {
