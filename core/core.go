@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/salt-broker/salt-broker/internal/waitctx"
 	"github.com/salt-broker/salt-broker/internal/wire"
 	"github.com/salt-broker/salt-broker/tunnel"
 )
@@ -199,18 +200,8 @@ func (c *Core) drain() {
 		return
 	}
 	c.log.Info("stopping: waiting for the master to answer the requests in flight", "requests", len(keys), "drain_timeout", c.cfg.DrainTimeout)
-	deadline := time.Now().Add(c.cfg.DrainTimeout)
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for range t.C {
-		left := c.table.stillUnfinished(keys)
-		if left == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.log.Warn("stopping with requests unanswered after --drain-timeout; their edges re-send them to the next core, and the master may see them twice", "requests", left)
-			return
-		}
+	if left := waitctx.Remaining(c.cfg.DrainTimeout, func() int { return c.table.stillUnfinished(keys) }); left > 0 {
+		c.log.Warn("stopping with requests unanswered after --drain-timeout; their edges re-send them to the next core, and the master may see them twice", "requests", left)
 	}
 }
 

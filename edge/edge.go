@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/salt-broker/salt-broker/internal/waitctx"
 	"github.com/salt-broker/salt-broker/internal/wire"
 	"github.com/salt-broker/salt-broker/internal/zmtp"
 	"github.com/salt-broker/salt-broker/tunnel"
@@ -223,18 +224,8 @@ func (e *Edge) drain() {
 		return
 	}
 	e.log.Info("stopping: waiting for the replies to requests already sent", "pending_requests", len(held), "drain_timeout", e.cfg.DrainTimeout)
-	deadline := time.Now().Add(e.cfg.DrainTimeout)
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for range t.C {
-		left := e.reqs.stillHeld(held)
-		if left == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.log.Warn("stopping with requests unanswered after --drain-timeout; their minions will retry", "pending_requests", left)
-			return
-		}
+	if left := waitctx.Remaining(e.cfg.DrainTimeout, func() int { return e.reqs.stillHeld(held) }); left > 0 {
+		e.log.Warn("stopping with requests unanswered after --drain-timeout; their minions will retry", "pending_requests", left)
 	}
 }
 

@@ -353,43 +353,18 @@ func TestRestartsMidRun(t *testing.T) {
 		coreDown.Round(time.Millisecond), lost, st.Dup, st.Returns, st.ReqOK, st.ReqFailed, st.ReqRetried, ms.UniqueRIDs, ms.DupRIDs, before.DupRIDs)
 }
 
-// An operator's restart of the edge (SIGTERM, as systemctl restart sends), while 20
-// minions get jobs at 2/s, answer each 0.2–0.5 s later (the master takes 300 ms to
-// reply), retry as Salt does and reconnect with a Salt minion's backoff (1 s, growing to 4 s here; Salt's own
-// default grows to 10 s). Nothing is lost and nothing repeated: every publication
+// An operator's restart of the edge (SIGTERM, as systemctl restart sends) under
+// startRestartLab's load. Nothing is lost and nothing repeated: every publication
 // reaches every minion in order, because the restarted edge holds its replay until
 // as many minions as before are back; every return reaches the master once, because
-// the stopping edge first waits for the replies to the returns it has taken.
-// (The edge once saved the minion count after closing their sockets — 0 — and so
-// held nothing: a real minion missed the next job.)
+// the stopping edge sends nothing new and first waits for the replies to what it
+// sent. (The edge once saved the minion count after closing their sockets — 0 — and
+// so held nothing: a real minion missed the next job.)
 func TestGracefulEdgeRestart(t *testing.T) {
 	ctx := ctxFor(t, 2*time.Minute)
-	l := startWith(t, labOpts{minions: 20, timeoutMin: 5 * time.Second, timeoutMax: 10 * time.Second, tries: 3,
-		jobTimeMin: 200 * time.Millisecond, jobTimeMax: 500 * time.Millisecond,
-		edgeArgs: []string{"--state-dir", t.TempDir()}, reconnect: time.Second, reconnectMax: 4 * time.Second})
-	l.warm(t, ctx)
-	// A master that takes 300 ms per reply: about a dozen returns are in flight at
-	// any moment, so the stop always finds some.
-	if err := l.master.SetReplyPolicy(ctx, harness.ReplyPolicy{Delay: 300 * time.Millisecond}); err != nil {
-		t.Fatal(err)
-	}
-	const pubs = 30
-	tag, err := l.master.PublishAsync(harness.PublishOpts{Count: pubs, Rate: 2, Size: 463})
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(4 * time.Second)
-	if err := l.pair.Edge.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-l.pair.Edge.Done():
-	case <-ctx.Done():
-		t.Fatal("the edge did not stop on SIGTERM")
-	}
-	if err := l.pair.Edge.ExitErr(); err != nil {
-		t.Errorf("the edge's exit on SIGTERM: %v", err)
-	}
+	l, tag := startRestartLab(t, ctx, "--state-dir", t.TempDir())
+	const pubs = restartPubs
+	stopGracefully(t, ctx, l.pair.Edge)
 	time.Sleep(time.Second)
 	l.pair.StartEdge(t)
 	if _, err := l.master.WaitPublished(ctx, tag); err != nil {
@@ -398,6 +373,46 @@ func TestGracefulEdgeRestart(t *testing.T) {
 	l.assertExactlyOnce(t, ctx, pubs)
 	if !strings.Contains(l.pair.Edge.Stderr(), "replaying publications after restart") {
 		t.Error("the restarted edge did not hold its replay for the minions")
+	}
+}
+
+const restartPubs = 30
+
+// startRestartLab runs 20 minions that get jobs at 2/s, answer each 0.2–0.5 s later,
+// retry as Salt does and reconnect with a Salt minion's backoff (1 s growing to 4 s;
+// Salt's own default grows to 10 s), against a master that takes 300 ms per reply —
+// about a dozen returns are in flight at any moment, so a stop always finds some. It
+// starts restartPubs jobs and returns 4 s into them.
+func startRestartLab(t *testing.T, ctx context.Context, edgeArgs ...string) (*lab, string) {
+	t.Helper()
+	l := startWith(t, labOpts{minions: 20, timeoutMin: 5 * time.Second, timeoutMax: 10 * time.Second, tries: 3,
+		jobTimeMin: 200 * time.Millisecond, jobTimeMax: 500 * time.Millisecond,
+		edgeArgs: edgeArgs, reconnect: time.Second, reconnectMax: 4 * time.Second})
+	l.warm(t, ctx)
+	if err := l.master.SetReplyPolicy(ctx, harness.ReplyPolicy{Delay: 300 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	tag, err := l.master.PublishAsync(harness.PublishOpts{Count: restartPubs, Rate: 2, Size: 463})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * time.Second)
+	return l, tag
+}
+
+// stopGracefully sends b SIGTERM, as systemctl stop does, and waits for a clean exit.
+func stopGracefully(t *testing.T, ctx context.Context, b *harness.BrokerProc) {
+	t.Helper()
+	if err := b.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-b.Done():
+	case <-ctx.Done():
+		t.Fatalf("%s did not stop on SIGTERM", b.Name)
+	}
+	if err := b.ExitErr(); err != nil {
+		t.Errorf("%s's exit on SIGTERM: %v", b.Name, err)
 	}
 }
 
@@ -423,41 +438,18 @@ func (l *lab) assertCoreDowntimeGap(t *testing.T, ctx context.Context, pubs int6
 	return lost
 }
 
-// An operator's restart of the core (SIGTERM) while 20 minions get jobs at 2/s,
-// answer each 0.2–0.5 s later and retry as Salt does, and the master takes 300 ms
-// to answer each return: every return reaches the
-// master exactly once, because the stopping core first waits for the master's
-// replies to the requests in flight and for the edge to confirm them (the next core
-// would not know they had reached the master). The publications of the core's
-// downtime are lost, as docs/guarantees.md says — the same ones for every minion.
+// An operator's restart of the core (SIGTERM) under startRestartLab's load: every
+// return reaches the master exactly once, because the stopping core sends nothing
+// new to the master and first waits for its replies to what it has and for the edge
+// to confirm them (the next core would not know they had reached the master). The
+// publications of the core's downtime are lost, as docs/guarantees.md says — the
+// same ones for every minion.
 func TestGracefulCoreRestart(t *testing.T) {
 	ctx := ctxFor(t, 2*time.Minute)
-	l := startWith(t, labOpts{minions: 20, timeoutMin: 5 * time.Second, timeoutMax: 10 * time.Second, tries: 3,
-		jobTimeMin: 200 * time.Millisecond, jobTimeMax: 500 * time.Millisecond})
-	l.warm(t, ctx)
-	// A master that takes 300 ms per reply: about a dozen returns are at the master
-	// at any moment, so the stop always finds some there.
-	if err := l.master.SetReplyPolicy(ctx, harness.ReplyPolicy{Delay: 300 * time.Millisecond}); err != nil {
-		t.Fatal(err)
-	}
-	const pubs = 30
-	tag, err := l.master.PublishAsync(harness.PublishOpts{Count: pubs, Rate: 2, Size: 463})
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(4 * time.Second)
+	l, tag := startRestartLab(t, ctx)
+	const pubs = restartPubs
 	stopped := time.Now()
-	if err := l.pair.Core.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-l.pair.Core.Done():
-	case <-ctx.Done():
-		t.Fatal("the core did not stop on SIGTERM")
-	}
-	if err := l.pair.Core.ExitErr(); err != nil {
-		t.Errorf("the core's exit on SIGTERM: %v", err)
-	}
+	stopGracefully(t, ctx, l.pair.Core)
 	time.Sleep(time.Second)
 	l.pair.StartCore(t)
 	coreDown := waitCoreSubscribed(t, ctx, l).Sub(stopped)
