@@ -113,10 +113,12 @@ func TestPubToLibzmqSubscribers(t *testing.T) {
 	defer pub.Close()
 	ep := "tcp://" + pub.Addr().String()
 	hexTopic := hex.EncodeToString(bytes.Repeat([]byte{0xab}, 20))
-	all := libzmq(t, "sub", ep, "--subs", "")
+	// Each counts until it has what it should get (a quiet spell is no end: under
+	// load the pause between the two batches can last seconds), then a moment more.
+	all := libzmq(t, "sub", ep, "--subs", "", "--expect", "300")
 	none := libzmq(t, "sub", ep, "--none")
-	bcast := libzmq(t, "sub", ep, "--subs", "broadcast")
-	minion := libzmq(t, "sub", ep, "--subs", hexTopic+",broad")
+	bcast := libzmq(t, "sub", ep, "--subs", "broadcast", "--expect", "100")
+	minion := libzmq(t, "sub", ep, "--subs", hexTopic+",broad", "--expect", "200")
 	leaver := libzmq(t, "sub", ep, "--subs", "broadcast", "--unsub-after", "50")
 	waitPeers(t, ctx, pub.Stats, 5)
 	waitSubscribed(t, ctx, pub, 4) // subscriptions follow the handshake; "none" has none

@@ -1,7 +1,7 @@
 """Real libzmq peers (Debian's python3-zmq) for internal/zmtp's tests.
 
 usage: libzmq_peer.py MODE ENDPOINT [options]; prints one JSON line with the result.
-  sub ENDPOINT --subs S1,S2|'' --none --idle SECONDS   count messages per first frame
+  sub ENDPOINT --subs S1,S2|'' --none --idle SECONDS --expect N   count messages per first frame
   req ENDPOINT --clients N --rounds K --identity ID     N REQ sockets, K request rounds each
   dealer ENDPOINT --identity ID --rounds K              DEALER with an identity
   heartbeat ENDPOINT --ivl MS --sleep S                 REQ with ZMQ_HEARTBEAT_IVL, two requests S apart
@@ -18,14 +18,19 @@ def sub(a, ctx):
     if not a.none:
         for t in a.subs.split(",") if a.subs else [""]:
             s.setsockopt(zmq.SUBSCRIBE, t.encode())
-    if a.unsub_after:
-        pass
     out(event="ready")
     counts, frames_bad, total = {}, 0, 0
     deadline = time.time() + a.max
     last = time.time()
     unsubbed = False
-    while time.time() < deadline and time.time() - last < a.idle:
+    while time.time() < deadline:
+        # With --expect, a slow test (CI under load) cannot end the count early:
+        # it runs until that many arrived, then --grace more to catch extras.
+        quiet = time.time() - last
+        if a.expect and total >= a.expect and quiet >= a.grace:
+            break
+        if not a.expect and quiet >= a.idle:
+            break
         if s.poll(50):
             m = s.recv_multipart()
             last = time.time()
@@ -120,6 +125,8 @@ p.add_argument("endpoint")
 p.add_argument("--subs", default="")
 p.add_argument("--none", action="store_true")
 p.add_argument("--idle", type=float, default=1.5)
+p.add_argument("--expect", type=int, default=0, help="sub: count until this many arrived (then --grace), not until --idle")
+p.add_argument("--grace", type=float, default=0.3)
 p.add_argument("--max", type=float, default=20)
 p.add_argument("--unsub-after", type=int, default=0)
 p.add_argument("--clients", type=int, default=1)
