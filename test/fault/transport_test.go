@@ -136,12 +136,14 @@ func TestThroughHTTPProxy(t *testing.T) {
 		},
 	})
 	_ = link
+	// Wait for the refusal's own words: a bare "407" also matches a port number.
+	const refusal = "refused CONNECT to"
 	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(pair.Edge.Stderr(), "407") && time.Now().Before(deadline) {
+	for !strings.Contains(pair.Edge.Stderr(), refusal) && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	if !strings.Contains(pair.Edge.Stderr(), "refused CONNECT") {
-		t.Fatalf("no clear log line for the refusing proxy:\n%s", pair.Edge.Stderr())
+	if logs := pair.Edge.Stderr(); !strings.Contains(logs, refusal) || !strings.Contains(logs, "407 Proxy Authentication Required") {
+		t.Fatalf("no clear log line for the refusing proxy:\n%s", logs)
 	}
 	mu.Lock()
 	status = http.StatusOK
