@@ -145,7 +145,8 @@ func (c *Core) Addr() net.Addr { return c.ln.Addr() }
 // TCPAddr is the TCP address of the fallback transport.
 func (c *Core) TCPAddr() net.Addr { return c.ln.TCPAddr() }
 
-// Run serves until ctx ends, then closes everything it started.
+// Run serves until ctx ends, drains (DrainTimeout), then closes everything it
+// started.
 func (c *Core) Run(ctx context.Context) error {
 	// Everything runs on until the drain is over, not just until ctx ends.
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
