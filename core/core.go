@@ -196,12 +196,12 @@ func (c *Core) Run(ctx context.Context) error {
 // core.
 func (c *Core) drain() {
 	close(c.draining)
-	keys := c.table.unfinished()
-	if c.cfg.DrainTimeout <= 0 || len(keys) == 0 {
+	n := c.table.unconfirmed()
+	if c.cfg.DrainTimeout <= 0 || n == 0 {
 		return
 	}
-	c.log.Info("stopping: waiting for the master to answer the requests in flight", "requests", len(keys), "drain_timeout", c.cfg.DrainTimeout)
-	if left := waitctx.Remaining(c.cfg.DrainTimeout, func() int { return c.table.stillUnfinished(keys) }); left > 0 {
+	c.log.Info("stopping: waiting for the master to answer the requests in flight", "requests", n, "drain_timeout", c.cfg.DrainTimeout)
+	if left := waitctx.Remaining(c.cfg.DrainTimeout, c.table.unconfirmed); left > 0 {
 		c.log.Warn("stopping with requests unanswered after --drain-timeout; their edges re-send them to the next core, and the master may see them twice", "requests", left)
 	}
 }

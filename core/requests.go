@@ -271,27 +271,15 @@ func (t *table) shutdown() {
 	}
 }
 
-// unfinished lists the requests the master has, or has answered, whose reply the
-// edge has not confirmed yet.
-func (t *table) unfinished() []reqKey {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	var keys []reqKey
-	for k, p := range t.byKey {
-		if p.state == stateAtMaster || p.state == stateReplied {
-			keys = append(keys, k)
-		}
-	}
-	return keys
-}
-
-// stillUnfinished counts those of keys whose reply the edge has not confirmed yet.
-func (t *table) stillUnfinished(keys []reqKey) int {
+// unconfirmed counts the requests the master has, or has answered, whose reply the
+// edge has not confirmed yet. Once the core is draining, nothing new goes to the
+// master, so it only goes down.
+func (t *table) unconfirmed() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
-	for _, k := range keys {
-		if p := t.byKey[k]; p != nil && (p.state == stateAtMaster || p.state == stateReplied) {
+	for _, p := range t.byKey {
+		if p.state == stateAtMaster || p.state == stateReplied {
 			n++
 		}
 	}

@@ -215,16 +215,17 @@ func (e *Edge) Run(ctx context.Context) error {
 // would see them twice). Nothing more is sent meanwhile: requests not yet sent die
 // with the edge, and their minions retry them through the next one.
 func (e *Edge) drain() {
-	held := e.reqs.startDrain()
-	if e.cfg.DrainTimeout <= 0 || len(held) == 0 {
+	e.reqs.startDrain()
+	sent := e.reqs.sentUnanswered()
+	if e.cfg.DrainTimeout <= 0 || sent == 0 {
 		return
 	}
 	if c, _ := e.currentConn(); c == nil {
-		e.log.Warn("stopping with requests unanswered and no connection to the core; their minions will retry", "pending_requests", len(held))
+		e.log.Warn("stopping with requests unanswered and no connection to the core; their minions will retry", "pending_requests", sent)
 		return
 	}
-	e.log.Info("stopping: waiting for the replies to requests already sent", "pending_requests", len(held), "drain_timeout", e.cfg.DrainTimeout)
-	if left := waitctx.Remaining(e.cfg.DrainTimeout, func() int { return e.reqs.stillHeld(held) }); left > 0 {
+	e.log.Info("stopping: waiting for the replies to requests already sent", "pending_requests", sent, "drain_timeout", e.cfg.DrainTimeout)
+	if left := waitctx.Remaining(e.cfg.DrainTimeout, e.reqs.sentUnanswered); left > 0 {
 		e.log.Warn("stopping with requests unanswered after --drain-timeout; their minions will retry", "pending_requests", left)
 	}
 }

@@ -204,29 +204,23 @@ func (t *reqTable) forgetAnswersLocked(now time.Time) {
 	t.answered = t.answered[n:]
 }
 
-// startDrain stops sending requests, and lists those already sent: a request sent
-// during the drain could reach the master after the edge is gone, and its minion's
-// retry through the next edge would reach it again.
-func (t *reqTable) startDrain() []uint64 {
+// startDrain stops sending requests: a request sent during the drain could reach
+// the master after the edge is gone, and its minion's retry through the next edge
+// would reach it again.
+func (t *reqTable) startDrain() {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	t.draining = true
-	var ids []uint64
-	for id, r := range t.byID {
-		if r.everSent {
-			ids = append(ids, id)
-		}
-	}
-	return ids
+	t.mu.Unlock()
 }
 
-// stillHeld counts those of ids still held.
-func (t *reqTable) stillHeld(ids []uint64) int {
+// sentUnanswered counts the requests that may have reached the core and have no
+// reply yet. Once draining, nothing new is sent, so it only goes down.
+func (t *reqTable) sentUnanswered() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
-	for _, id := range ids {
-		if _, ok := t.byID[id]; ok {
+	for _, r := range t.byID {
+		if r.everSent {
 			n++
 		}
 	}

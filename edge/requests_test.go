@@ -137,3 +137,22 @@ func TestAnsweredRequestsAreLetGo(t *testing.T) {
 		t.Errorf("after the window: %d shapes, %d answers kept, want only the newest", len(tb.lastOfShape), len(tb.answered))
 	}
 }
+
+// Draining sends nothing more, and waits only for what was sent before.
+func TestDrainSendsNothingMore(t *testing.T) {
+	tb := testTable(t)
+	tb.add(ret("s1", "m1", 500))
+	sent := tb.takeWaiting(time.Now())
+	tb.add(ret("s2", "m2", 500))
+	tb.startDrain()
+	if got := tb.takeWaiting(time.Now()); len(got) != 0 {
+		t.Fatalf("a draining edge sent %v", ids(got))
+	}
+	if n := tb.sentUnanswered(); n != 1 {
+		t.Fatalf("want the 1 sent request waited for, got %d", n)
+	}
+	tb.finish(sent[0], true)
+	if n := tb.sentUnanswered(); n != 0 {
+		t.Fatalf("answered, still %d waited for", n)
+	}
+}
