@@ -22,9 +22,9 @@ import (
 //     master has the return once, and that minion may log it as failed, as it would on
 //     a direct link.
 //
-// A retry is recognised by its envelope shape: the minion's connection closed with a
-// request unanswered, and within RetryWindow a request arrives with the same enc, the
-// same clear minion id and the same load length. docs/guarantees.md says what can fool it.
+// A retry is recognised by its envelope shape — the same enc, the same clear minion
+// id and the same load length — and by when it comes (earlierTryLocked has the three
+// rules). docs/guarantees.md says what can fool them.
 
 // chainKey is the envelope shape a minion's retry shares with its earlier try.
 type chainKey struct {
@@ -78,7 +78,7 @@ func (t *reqTable) pruneOrphansLocked(now time.Time) {
 }
 
 // earlierTryLocked returns the request r retries, if it is one (it is then taken
-// off the orphans, and the caller links the two). Two rules, both on the envelope
+// off the orphans, and the caller links the two). Three rules, all on the envelope
 // shape (same enc, same clear minion id, same load length):
 //
 //   - the earlier request's socket closed unanswered, and r comes within
@@ -87,9 +87,12 @@ func (t *reqTable) pruneOrphansLocked(now time.Time) {
 //     unanswered on another socket and at least minRetryAge old. A Salt 3007 minion
 //     whose return timed out sends the retry on a new REQ socket, and the old
 //     socket's close may reach the edge much later (seen with a real minion: not
-//     before the old request was answered). A request answered a moment before does
-//     not count: Salt's job processes close a channel after its answer and open a
-//     new one for the next request, often of the same length (cp.get_file).
+//     before the old request was answered);
+//   - r is the first request of a new socket, just after the earlier one was
+//     answered, one retry timer after it (retryOfAnsweredLocked). Soon after an
+//     answer alone is not enough: Salt's job processes close a channel after its
+//     answer and open a new one for the next request, often of the same length
+//     (cp.get_file).
 func (t *reqTable) earlierTryLocked(r *edgeReq) *edgeReq {
 	k, ok := keyOf(r)
 	if !ok || t.e.cfg.RetryWindow <= 0 {
