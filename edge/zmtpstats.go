@@ -8,8 +8,8 @@ import (
 
 // zmtpCollector exports the minion-facing sockets' counters at scrape time.
 type zmtpCollector struct {
-	e                                       *Edge
-	peers, accepted, bytes, msgs, drops, hs *prometheus.Desc
+	e                                               *Edge
+	peers, accepted, bytes, msgs, queued, drops, hs *prometheus.Desc
 }
 
 func newZMTPCollector(e *Edge) *zmtpCollector {
@@ -22,13 +22,14 @@ func newZMTPCollector(e *Edge) *zmtpCollector {
 		accepted: d("connections_total", "Connections accepted."),
 		bytes:    d("bytes_total", "Payload bytes.", "direction"),
 		msgs:     d("messages_total", "Messages.", "direction"),
-		drops:    d("drops_total", "Messages or connections dropped, by cause (queue_full, unknown_peer, too_big, max_peers, write_timeout, protocol_error, heartbeat_timeout).", "cause"),
+		queued:   d("queued_bytes", "Payload bytes queued to minions or being written now (each connection's queue is bounded by bytes too)."),
+		drops:    d("drops_total", "Messages or connections dropped, by cause (queue_full: a connection's queue at its message bound; queue_bytes: at its byte bound; unknown_peer, too_big, max_peers, write_timeout, protocol_error, heartbeat_timeout).", "cause"),
 		hs:       d("handshake_failures_total", "Failed ZeroMQ handshakes, by cause (timeout, bad_greeting, bad_version, bad_mechanism, bad_ready, bad_socket_type, closed).", "cause"),
 	}
 }
 
 func (c *zmtpCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.peers, c.accepted, c.bytes, c.msgs, c.drops, c.hs} {
+	for _, d := range []*prometheus.Desc{c.peers, c.accepted, c.bytes, c.msgs, c.queued, c.drops, c.hs} {
 		ch <- d
 	}
 }
@@ -41,6 +42,7 @@ func (c *zmtpCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.BytesOut), socket, "out")
 		ch <- prometheus.MustNewConstMetric(c.msgs, prometheus.CounterValue, float64(s.MsgsIn), socket, "in")
 		ch <- prometheus.MustNewConstMetric(c.msgs, prometheus.CounterValue, float64(s.MsgsOut), socket, "out")
+		ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(s.QueuedBytes), socket)
 		for cause, n := range s.Drops {
 			ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(n), socket, cause)
 		}

@@ -24,7 +24,7 @@ func FuzzGreeting(f *testing.F) {
 		_, _ = parseProperties(data)
 		_, _, _ = parseCommand(data)
 
-		s := &server{kind: kindRouter, opts: Options{}.withDefaults()}
+		s := &server{kind: kindRouter, opts: Options{}.withDefaults(kindRouter)}
 		c := &memConn{r: bytes.NewReader(data)}
 		props, err := s.handshake(c, bufio.NewReaderSize(c, 4096))
 		if err == nil && !s.kind.accepts(string(props["Socket-Type"])) {

@@ -28,6 +28,7 @@ type Options struct {
 	MaxMessageSize    int64         // bytes of one message, frames summed (64 MiB)
 	MaxPeers          int           // connections at once; more are closed at accept (20000)
 	SendQueue         int           // messages queued per peer (1000, like libzmq's HWM)
+	SendQueueBytes    int64         // data bytes queued or being written per peer (PUB 8 MiB, ROUTER MaxMessageSize); one message always fits an empty queue
 	WriteTimeout      time.Duration // a peer not reading for this long is disconnected (15s)
 	ReadBufferSize    int           // per-peer read buffer (4 KiB)
 	RecvQueue         int           // ROUTER: messages waiting for Recv, all peers (4096)
@@ -40,7 +41,14 @@ type Options struct {
 	OnPeerGone func(identity []byte)
 }
 
-func (o Options) withDefaults() Options {
+// defaultPubQueueBytes bounds what one slow subscriber pins. Salt's publications
+// are ~0.5 KB to a few KB (a job with large arguments more), so 8 MiB still holds
+// the 1,000-message count bound of ordinary jobs and only binds on large ones; and
+// a publication's frames are shared by every subscriber, so subscribers falling
+// behind together pin much the same few MiB, not 8 MiB each.
+const defaultPubQueueBytes = 8 << 20
+
+func (o Options) withDefaults(k kind) Options {
 	if o.HandshakeTimeout == 0 {
 		o.HandshakeTimeout = 10 * time.Second
 	}
@@ -52,6 +60,14 @@ func (o Options) withDefaults() Options {
 	}
 	if o.SendQueue == 0 {
 		o.SendQueue = 1000
+	}
+	if o.SendQueueBytes == 0 {
+		// A REQ peer has one reply queued at a time: ROUTER's bound only stops a
+		// pipelining DEALER, and must never stop a reply of the largest size.
+		o.SendQueueBytes = defaultPubQueueBytes
+		if k == kindRouter {
+			o.SendQueueBytes = o.MaxMessageSize
+		}
 	}
 	if o.WriteTimeout == 0 {
 		o.WriteTimeout = 15 * time.Second
@@ -75,6 +91,7 @@ func (o Options) withDefaults() Options {
 var (
 	ErrUnknownPeer = errors.New("zmtp: no peer with that identity")
 	ErrQueueFull   = errors.New("zmtp: peer's send queue is full")
+	errQueueBytes  = fmt.Errorf("%w (its byte bound, SendQueueBytes)", ErrQueueFull)
 	ErrClosed      = errors.New("zmtp: server closed")
 )
 
@@ -84,6 +101,7 @@ type Stats struct {
 	PeersAccepted     uint64
 	BytesIn, BytesOut uint64
 	MsgsIn, MsgsOut   uint64
+	QueuedBytes       int64 // data payload bytes queued or being written to the peers now
 	Drops             map[string]uint64
 	HandshakeFailures map[string]uint64
 }
@@ -167,7 +185,7 @@ func (s *server) logLimited(level slog.Level, event, msg string, args ...any) {
 }
 
 func newServer(k kind, ln net.Listener, o Options) *server {
-	o = o.withDefaults()
+	o = o.withDefaults(k)
 	ctx, cancel := context.WithCancel(context.Background())
 	return &server{
 		kind: k, opts: o, ln: ln, ctx: ctx, stop: cancel,
@@ -184,12 +202,19 @@ func (s *server) countDrop(cause string, n uint64) {
 }
 
 func (s *server) stats() Stats {
+	var queuedBytes int64
+	s.mu.RLock()
+	for p := range s.peers {
+		queuedBytes += p.queuedBytes()
+	}
+	s.mu.RUnlock()
 	s.statMu.Lock()
 	defer s.statMu.Unlock()
 	st := Stats{
 		Peers: s.peersNow.Load(), PeersAccepted: s.accepted.Load(),
 		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(), MsgsIn: s.msgsIn.Load(), MsgsOut: s.msgsOut.Load(),
-		Drops: map[string]uint64{}, HandshakeFailures: map[string]uint64{},
+		QueuedBytes: queuedBytes,
+		Drops:       map[string]uint64{}, HandshakeFailures: map[string]uint64{},
 	}
 	for k, v := range s.drops {
 		st.Drops[k] = v
@@ -249,6 +274,16 @@ func (s *server) close() error {
 type item struct {
 	frames  [][]byte
 	command bool
+	size    int64 // payload bytes of a data message, counted against SendQueueBytes
+}
+
+// dataItem is a data message to queue, its size counted.
+func dataItem(frames [][]byte) item {
+	var n int64
+	for _, f := range frames {
+		n += int64(len(f))
+	}
+	return item{frames: frames, size: n}
 }
 
 // peer is one connection. Its reader runs in serve; its writer in writeLoop.
@@ -260,6 +295,7 @@ type peer struct {
 
 	qmu    sync.Mutex
 	queue  []item
+	qBytes int64         // sizes of the data messages queued or in the batch being written
 	notify chan struct{} // cap 1: the writer has work
 	done   chan struct{}
 	once   sync.Once
@@ -278,20 +314,56 @@ func (p *peer) shutdown() {
 	})
 }
 
-// enqueue adds a message unless the queue is full.
-func (p *peer) enqueue(it item) bool {
+// Why enqueue refused a message.
+const (
+	queued     = ""
+	queueFull  = "queue_full"  // SendQueue messages
+	queueBytes = "queue_bytes" // SendQueueBytes
+)
+
+// enqueue adds a message unless the queue is full, by count or by bytes; it says
+// which bound refused it. The bytes being written count until the write ends, so
+// the bound is what a peer that stopped reading pins; commands (PONG, PING) are
+// bounded by count alone. A message into a queue holding no data always fits.
+func (p *peer) enqueue(it item) string {
 	p.qmu.Lock()
 	if len(p.queue) >= p.s.opts.SendQueue {
 		p.qmu.Unlock()
-		return false
+		return queueFull
+	}
+	if p.qBytes > 0 && p.qBytes+it.size > p.s.opts.SendQueueBytes {
+		p.qmu.Unlock()
+		return queueBytes
 	}
 	p.queue = append(p.queue, it)
+	p.qBytes += it.size
 	p.qmu.Unlock()
 	select {
 	case p.notify <- struct{}{}:
 	default:
 	}
-	return true
+	return queued
+}
+
+// written releases the bytes of a batch the writer is done with.
+func (p *peer) written(batch []item) {
+	var n int64
+	for _, it := range batch {
+		n += it.size
+	}
+	if n == 0 {
+		return
+	}
+	p.qmu.Lock()
+	p.qBytes -= n
+	p.qmu.Unlock()
+}
+
+// queuedBytes is what enqueue counts against SendQueueBytes now.
+func (p *peer) queuedBytes() int64 {
+	p.qmu.Lock()
+	defer p.qmu.Unlock()
+	return p.qBytes
 }
 
 func (p *peer) take() []item {
@@ -494,8 +566,8 @@ func (s *server) handleCommand(p *peer, body []byte) bool {
 		if len(ctxData) > 16 {
 			ctxData = ctxData[:16]
 		}
-		if !p.enqueue(item{frames: [][]byte{command("PONG", ctxData)}, command: true}) {
-			s.countDrop("queue_full", 1)
+		if why := p.enqueue(item{frames: [][]byte{command("PONG", ctxData)}, command: true}); why != queued {
+			s.countDrop(why, 1)
 		}
 	case "PONG":
 	case "SUBSCRIBE":
@@ -604,6 +676,7 @@ func (s *server) writeLoop(p *peer) {
 		}
 		_ = p.conn.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
 		n, err := writeBatch(p.conn, batch)
+		p.written(batch)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				s.countDrop("write_timeout", 1)
@@ -692,22 +765,37 @@ func NewPub(ln net.Listener, o Options) *Pub {
 }
 
 // Publish queues msg to every peer whose subscription is a prefix of msg's first
-// frame. It never blocks: a peer whose queue is full misses this message (counted).
+// frame. It never blocks: a peer whose queue is full, by count or by bytes, misses
+// this message (counted; the byte bound's drops also logged, rate-limited).
 // The frames are shared by all peers and must not be changed afterwards.
 func (p *Pub) Publish(msg [][]byte) {
 	if len(msg) == 0 {
 		return
 	}
-	var full uint64
+	it := dataItem(msg)
+	var full, overBytes uint64
+	var example *peer
 	p.s.mu.RLock()
 	for peer := range p.s.peers {
-		if peer.matches(msg[0]) && !peer.enqueue(item{frames: msg}) {
+		if !peer.matches(msg[0]) {
+			continue
+		}
+		switch peer.enqueue(it) {
+		case queueFull:
 			full++
+		case queueBytes:
+			overBytes++
+			example = peer
 		}
 	}
 	p.s.mu.RUnlock()
 	if full > 0 {
-		p.s.countDrop("queue_full", full)
+		p.s.countDrop(queueFull, full)
+	}
+	if overBytes > 0 {
+		p.s.countDrop(queueBytes, overBytes)
+		p.s.warn(queueBytes, "subscriber not keeping up: its send queue is at its byte bound, so it misses publications until it catches up",
+			"remote", example.remote, "subscribers", overBytes, "queued_bytes", example.queuedBytes(), "limit", p.s.opts.SendQueueBytes)
 	}
 }
 
@@ -826,9 +914,15 @@ func (r *Router) Send(identity []byte, frames [][]byte) error {
 		r.s.countDrop("unknown_peer", 1)
 		return ErrUnknownPeer
 	}
-	if !p.enqueue(item{frames: frames}) {
-		r.s.countDrop("queue_full", 1)
+	switch p.enqueue(dataItem(frames)) {
+	case queueFull:
+		r.s.countDrop(queueFull, 1)
 		return ErrQueueFull
+	case queueBytes:
+		r.s.countDrop(queueBytes, 1)
+		r.s.warn(queueBytes, "reply dropped: the peer is not reading and its send queue is at its byte bound", "remote", p.remote,
+			"queued_bytes", p.queuedBytes(), "limit", r.s.opts.SendQueueBytes)
+		return errQueueBytes
 	}
 	return nil
 }

@@ -290,7 +290,7 @@ func pubRate(impl string, subs int) (perSub, deliveredPct, cpuUS float64) {
 	case "ours":
 		// The queue holds the whole burst, as libzmq's SNDHWM=0 does on its side: the
 		// figure is then the delivery rate, not how much a full queue drops.
-		pub, err := zmtp.ListenPub("127.0.0.1:"+strconv.Itoa(port), zmtp.Options{Logger: quiet, SendQueue: count + 100})
+		pub, err := zmtp.ListenPub("127.0.0.1:"+strconv.Itoa(port), zmtp.Options{Logger: quiet, SendQueue: count + 100, SendQueueBytes: int64(count+100) * int64(len(msg))})
 		if err != nil {
 			panic(err)
 		}
