@@ -61,13 +61,16 @@ bench: deps build
 	$(GO) run ./test/bench/zmtp
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/pair
 
-## bench-wan: the WAN lab's scenarios (loss, bursts, long RTT, blackouts) for the direct link, the
-## old forwarder and the pair over QUIC and TCP, side by side in one run. Needs root; about 20 min.
-## One scenario or mode, other scale: make bench-wan BENCH_WAN='WAN/300ms.*/pair' BENCH_WAN_ARGS='-minions 10'
+## bench-wan: the WAN lab's scenarios (random and bursty loss, long RTT, blackouts, a satellite link
+## with 1 MiB file chunks, a bottleneck shared with a bulk TCP flow, 2,000 minions answering at once)
+## for the direct link, the old forwarder and the pair over QUIC and TCP, side by side in one run; a
+## latency CDF per scenario in BENCH_WAN_PLOTS (docs/bench/wan-*.png; empty: none). Needs root; about 55 min.
+## One scenario or mode, other scale: make bench-wan BENCH_WAN='WAN/300ms.*/pair' BENCH_WAN_ARGS='-minions 10 -jobs 30'
 BENCH_WAN ?= WAN
 BENCH_WAN_ARGS ?=
+BENCH_WAN_PLOTS ?= $(CURDIR)/docs/bench
 bench-wan: deps
-	$(GO) test -count=1 -run '^$$' -bench '$(BENCH_WAN)' -benchtime 1x -timeout 60m ./test/bench/wan $(BENCH_WAN_ARGS)
+	$(GO) test -count=1 -run '^$$' -bench '$(BENCH_WAN)' -benchtime 1x -timeout 120m ./test/bench/wan -plots '$(BENCH_WAN_PLOTS)' $(BENCH_WAN_ARGS)
 
 clean:
 	rm -rf $(BIN)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -159,6 +160,48 @@ func TestRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("latency ms: %+v; minions RSS %s, master RSS %s", s.LatencyMS, rss(mins.Pid()), rss(master.Pid()))
+}
+
+func TestRequestAsyncAndLatencies(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const n, count = 4, 5
+	master := StartMaster(t, MasterOpts{})
+	mins := StartMinions(t, MinionOpts{PubPort: master.PubPort, RetPort: master.RetPort, Count: n})
+	tag, err := mins.RequestAsync(RequestOpts{Count: count, Size: 300, ReplySize: 2000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another command answered while the requests run, without taking their event.
+	if _, err := mins.BriefStats(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, err := mins.WaitRequest(ctx, tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Total != n*count || r.OK != r.Total {
+		t.Fatalf("request: %+v", r)
+	}
+	all, err := mins.Latencies(ctx, false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all.Count != n*count || len(all.MS) != all.Count || len(all.Rank) != all.Count || !slices.IsSorted(all.MS) {
+		t.Fatalf("all request latencies: %+v", all)
+	}
+	thin, err := mins.Latencies(ctx, false, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := all.Count - 1
+	if thin.Count != all.Count || !slices.Equal(thin.Rank, []int{0, last / 2, last}) ||
+		!slices.Equal(thin.MS, []float64{all.MS[0], all.MS[last/2], all.MS[last]}) {
+		t.Errorf("3 points of %v: %+v", all.MS, thin)
+	}
+	if ret, err := mins.Latencies(ctx, true, 0); err != nil || ret.Count != 0 {
+		t.Errorf("return latencies without returns: %+v, %v", ret, err)
+	}
 }
 
 func kindOf(o RequestOpts) string {

@@ -304,9 +304,7 @@ type RequestResult struct {
 	ElapsedMS  float64 `json:"elapsed_ms"`
 }
 
-// Request runs one request command and waits for all its requests to end.
-func (m *Minions) Request(ctx context.Context, o RequestOpts) (RequestResult, error) {
-	var r RequestResult
+func (o RequestOpts) cmd() map[string]any {
 	c := map[string]any{
 		"cmd": "request", "count": o.Count, "size": o.Size, "reply_size": o.ReplySize, "concurrency": o.Concurrency,
 	}
@@ -319,11 +317,61 @@ func (m *Minions) Request(ctx context.Context, o RequestOpts) (RequestResult, er
 	if o.Timeout > 0 {
 		c["timeout_ms"] = o.Timeout.Milliseconds()
 	}
-	ev, err := m.Call(ctx, c, "request_done")
+	return c
+}
+
+// Request runs one request command and waits for all its requests to end.
+func (m *Minions) Request(ctx context.Context, o RequestOpts) (RequestResult, error) {
+	var r RequestResult
+	ev, err := m.Call(ctx, o.cmd(), "request_done")
 	if err != nil {
 		return r, err
 	}
 	return r, decode(ev, &r)
+}
+
+// RequestAsync starts a request command and returns its tag for WaitRequest, so a
+// benchmark can sample the minions' stats while the requests run.
+func (m *Minions) RequestAsync(o RequestOpts) (string, error) {
+	tag := nextTag()
+	c := o.cmd()
+	c["tag"] = tag
+	return tag, m.Send(c)
+}
+
+// WaitRequest waits for the request command started by RequestAsync with tag to end.
+func (m *Minions) WaitRequest(ctx context.Context, tag string) (RequestResult, error) {
+	var r RequestResult
+	ev, err := m.WaitMatch(ctx, "request_done", func(ev map[string]any) bool { return ev["tag"] == tag })
+	if err != nil {
+		return r, err
+	}
+	return r, decode(ev, &r)
+}
+
+// LatencySamples are the minions' latency samples in ms, sorted; Rank[i] is the
+// 0-based rank of MS[i] among Count samples (all of them unless thinned).
+type LatencySamples struct {
+	Count    int       `json:"count"`
+	Overflow int64     `json:"overflow"` // samples not kept (over the minions' bound)
+	MS       []float64 `json:"ms"`
+	Rank     []int     `json:"rank"`
+}
+
+// Latencies returns the minions' latency samples: of returns (from the publication's
+// arrival, as ReturnLatencyMS) or of every request (from its first send, as
+// LatencyMS); points > 0 thins them to at most that many, evenly spaced in rank.
+func (m *Minions) Latencies(ctx context.Context, returns bool, points int) (LatencySamples, error) {
+	var s LatencySamples
+	which := "request"
+	if returns {
+		which = "return"
+	}
+	ev, err := m.Call(ctx, map[string]any{"cmd": "latencies", "which": which, "points": points}, "latencies")
+	if err != nil {
+		return s, err
+	}
+	return s, decode(ev, &s)
 }
 
 // MinionSummary mirrors one minion's entry in the stats event.

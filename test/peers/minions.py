@@ -465,6 +465,22 @@ class Swarm:
             out["per_minion"] = per
         peerlib.emit("stats", tag=tag, **out)
 
+    def cmd_latencies(self, cmd):
+        """The latency samples themselves, sorted, in ms: of returns or of every request.
+        With points > 0, at most that many, evenly spaced in rank, each with its rank
+        (0-based), so a CDF can be drawn from them."""
+        values = sorted(self.ret_latencies if cmd.get("which") == "return" else self.latencies)
+        n = len(values)
+        points = int(cmd.get("points", 0))
+        if points > 0 and n > points:
+            ranks = sorted({i * (n - 1) // (points - 1) for i in range(points)}) if points > 1 else [n - 1]
+        else:
+            ranks = range(n)
+        peerlib.emit(
+            "latencies", tag=cmd.get("tag"), count=n, overflow=self.lat_overflow,
+            ms=[round(values[k] * 1000, 3) for k in ranks], rank=list(ranks),
+        )
+
     def run(self):
         reader = peerlib.LineReader()
         peerlib.emit("ready", count=len(self.minions), pid=os.getpid())
@@ -514,6 +530,8 @@ class Swarm:
             self.cmd_request(cmd)
         elif c == "stats":
             self.stats(cmd.get("tag"), bool(cmd.get("brief", False)), cmd.get("since"))
+        elif c == "latencies":
+            self.cmd_latencies(cmd)
         elif c == "reset":
             for m in self.minions:
                 m.reset()

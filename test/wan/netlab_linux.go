@@ -27,6 +27,11 @@ type Lab struct {
 	once   sync.Once
 	wg     sync.WaitGroup
 
+	// IP bytes delivered, per direction (0: A to B, 1: B to A): [dir][0] of packets
+	// to or from tallyPort, [dir][1] of all others (Tally).
+	tallyPort atomic.Uint32
+	tally     [2][2]atomic.Uint64
+
 	Counters
 }
 
@@ -142,7 +147,10 @@ func (l *Lab) Wrap(ns string) func(*exec.Cmd) *exec.Cmd {
 // forward copies packets from one TUN to the other, direction dir. A jitter larger
 // than the packet spacing reorders them, as it does on a real path.
 func (l *Lab) forward(from, to *os.File, dir int) {
-	write := func(b []byte) { _, _ = to.Write(b) }
+	write := func(b []byte) {
+		l.count(dir, b)
+		_, _ = to.Write(b)
+	}
 	buf := make([]byte, 65536)
 	for {
 		n, err := from.Read(buf)
