@@ -29,6 +29,12 @@ const (
 	DefaultRequestMaxAge = 15 * time.Minute
 	DefaultRetryWindow   = time.Second
 	DefaultDrainTimeout  = 5 * time.Second
+	// DefaultMaxPendingBytes bounds the request table's memory. Salt's requests are
+	// ~0.5–5 KB (returns; a file request is small, its reply is not held), so 256
+	// MiB holds the 20,000 requests of --max-pending at 13 KB each, and still four
+	// requests of the largest size (--max-message-size 64 MiB), while staying a
+	// small part of a host's memory.
+	DefaultMaxPendingBytes = 256 << 20
 )
 
 // Config is everything the edge needs; cmd/broker fills it from flags.
@@ -44,6 +50,7 @@ type Config struct {
 	StateDir string // where the publication cursor survives restarts; "" = not kept
 
 	MaxPending        int           // requests held unanswered; past it new ones are dropped (the minion retries)
+	MaxPendingBytes   int64         // bytes of the requests held; past it new ones are dropped too (a request alone always fits)
 	AuthMaxAge        time.Duration // an auth request older than this is stale: the minion has retried already
 	RequestMaxAge     time.Duration // any other request older than this is dropped unsent
 	MaxMessageSize    int
@@ -75,6 +82,9 @@ func (c *Config) Defaults() {
 	}
 	if c.MaxPending == 0 {
 		c.MaxPending = 20_000
+	}
+	if c.MaxPendingBytes == 0 {
+		c.MaxPendingBytes = DefaultMaxPendingBytes
 	}
 	if c.AuthMaxAge == 0 {
 		c.AuthMaxAge = DefaultAuthMaxAge
@@ -192,6 +202,7 @@ func (e *Edge) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { e.recvLoop(runCtx) })
 	wg.Go(func() { e.dispatchLoop(runCtx) })
+	wg.Go(func() { e.reqs.expireLoop(runCtx, expireEvery) }) // the class policy, link up or not
 	wg.Go(func() { e.cursor.saveLoop(runCtx, e.log, e.pub) })
 	wg.Go(func() { e.connectLoop(runCtx) })
 	<-ctx.Done()

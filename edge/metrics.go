@@ -36,7 +36,7 @@ func newMetrics(e *Edge, reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		requestsIn:        vec("requests_total", "Requests received from minions, by class (auth, aes, clear, other).", "class"),
 		replies:           vec("replies_total", "Request outcomes: delivered, minion_gone (its socket closed first), refused (by the core), send_failed.", "result"),
-		dropped:           vec("requests_dropped_total", "Requests dropped by the edge, by cause: table_full, stale_auth, expired, superseded_reply (a reply for a request a minion retry replaced), retry_at_master (a minion's retry of a request the master already has), retry_replaced (an earlier try a minion's retry replaced).", "cause"),
+		dropped:           vec("requests_dropped_total", "Requests dropped by the edge, by cause: table_full (past --max-pending), table_bytes (past --max-pending-bytes), stale_auth, expired, superseded_reply (a reply for a request a minion retry replaced), retry_at_master (a minion's retry of a request the master already has), retry_replaced (an earlier try a minion's retry replaced).", "cause"),
 		latency:           prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "request_duration_seconds", Help: "From a minion's request to its reply.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18)}),
 		pubs:              counter("publications_total", "Publications re-published to minions."),
 		pubDuplicates:     counter("publication_duplicates_total", "Publications received twice from the core and not re-published."),
@@ -56,6 +56,7 @@ func newMetrics(e *Edge, reg prometheus.Registerer) *metrics {
 			m.connected, m.transport, m.rtt, m.reconnects, m.connectFailures, m.stalls, m.retries, m.retriesAfterReply, m.transportChanges,
 			newZMTPCollector(e),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_pending", Help: "Requests held until their reply arrives."}, func() float64 { return float64(e.reqs.size()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_pending_bytes", Help: "Bytes of the requests held (bounded by --max-pending-bytes)."}, func() float64 { return float64(e.reqs.pendingBytes()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "pub_cursor", Help: "Sequence of the last publication re-published."}, func() float64 { _, c := e.cursor.get(); return float64(c) }),
 		)
 	}

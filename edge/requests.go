@@ -27,9 +27,10 @@ type edgeReq struct {
 	id       uint64
 	identity []byte   // the minion socket's routing id
 	envelope [][]byte // frames up to the empty delimiter, echoed on the reply
-	body     [][]byte // what the master gets
+	body     [][]byte // what the master gets; nil once it is of no more use (releaseBodyLocked)
 	env      saltmsg.Envelope
 	created  time.Time
+	size     int64 // bytes counted against --max-pending-bytes while it is pending
 
 	state    reqState
 	everSent bool // put on a stream at least once: it may have reached the core
@@ -59,10 +60,17 @@ type reqTable struct {
 	waiting  []uint64 // FIFO of requests to put on a stream
 	nextID   uint64
 	kick     chan struct{}
+	bytes    int64 // sizes of the requests in byID (--max-pending-bytes)
 
-	orphans map[chainKey][]*edgeReq // unanswered requests whose minion socket closed
-	recent  map[chainKey][]*edgeReq // requests of the last RetryWindow
-	cancels []*edgeReq              // retries waiting for the core to withdraw their earlier try
+	// Log lines of the methods holding mu, written once it is released (unlock): a
+	// slow log sink must not hold the table, and with it the ROUTER's callbacks,
+	// the dispatch and /metrics.
+	logs      []logLine
+	bytesWarn logLimiter // accept's --max-pending-bytes warning
+
+	orphans map[chainKey][]*edgeReq  // unanswered requests whose minion socket closed
+	recent  map[chainKey][]recentTry // requests of the last RetryWindow
+	cancels []*edgeReq               // retries waiting for the core to withdraw their earlier try
 	// Tries dropped because the master has their chain, kept (not pending) so the
 	// minion's next try of the same chain is recognised and dropped too.
 	settled     map[uint64]*edgeReq
@@ -75,8 +83,52 @@ type reqTable struct {
 
 func newReqTable(e *Edge) *reqTable {
 	return &reqTable{e: e, byID: make(map[uint64]*edgeReq), bySocket: make(map[string][]*edgeReq), kick: make(chan struct{}, 1),
-		orphans: make(map[chainKey][]*edgeReq), recent: make(map[chainKey][]*edgeReq), settled: make(map[uint64]*edgeReq),
+		orphans: make(map[chainKey][]*edgeReq), recent: make(map[chainKey][]recentTry), settled: make(map[uint64]*edgeReq),
 		lastOfShape: make(map[chainKey]*edgeReq), sockets: make(map[string]struct{})}
+}
+
+type logLine struct {
+	level slog.Level
+	msg   string
+	args  []any
+}
+
+// logLimiter lets one kind of log line through at most once a second, counting
+// the ones it kept back: a flood of refusals must not become a flood of lines.
+type logLimiter struct {
+	mu    sync.Mutex
+	last  time.Time
+	muted int
+}
+
+// allow says whether to log now, and how many lines were kept back since the last.
+func (l *logLimiter) allow(now time.Time) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && now.Sub(l.last) < time.Second {
+		l.muted++
+		return false, 0
+	}
+	n := l.muted
+	l.last, l.muted = now, 0
+	return true, n
+}
+
+// logLocked queues a log line until mu is released; the caller holds mu.
+func (t *reqTable) logLocked(level slog.Level, msg string, args ...any) {
+	if t.e.log.Enabled(context.Background(), level) {
+		t.logs = append(t.logs, logLine{level, msg, args})
+	}
+}
+
+// unlock releases mu, then writes the log lines queued under it.
+func (t *reqTable) unlock() {
+	lines := t.logs
+	t.logs = nil
+	t.mu.Unlock()
+	for _, l := range lines {
+		t.e.log.Log(context.Background(), l.level, l.msg, l.args...)
+	}
 }
 
 func (t *reqTable) wake() {
@@ -92,56 +144,110 @@ func (t *reqTable) size() int {
 	return len(t.byID)
 }
 
-// add accepts a request; false when the table is full. A minion's own retry of a
-// request the edge still holds joins that request's chain instead (retry.go) — also
-// when the table is full: it stands for a request already counted, and refusing it
+// pendingBytes is the size of what the table holds (--max-pending-bytes).
+func (t *reqTable) pendingBytes() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.bytes
+}
+
+// Why add refused a request: its cause label in requests_dropped_total.
+const (
+	accepted   = ""
+	tableFull  = "table_full"  // --max-pending requests held
+	tableBytes = "table_bytes" // --max-pending-bytes held
+)
+
+// reqSize is what a request costs the edge while it holds it.
+func reqSize(r *edgeReq) int64 {
+	n := int64(len(r.identity))
+	for _, f := range r.envelope {
+		n += int64(len(f))
+	}
+	for _, f := range r.body {
+		n += int64(len(f))
+	}
+	return n
+}
+
+// add accepts a request, or says which bound refused it: --max-pending requests,
+// or --max-pending-bytes (a request alone always fits, so one of any allowed size
+// gets through an empty table). A minion's own retry of a request the edge still
+// holds joins that request's chain instead (retry.go) — also when the table is
+// full, by either bound: it stands for a request already counted, and refusing it
 // would let the earlier try and the minion's next one both reach the master.
-func (t *reqTable) add(r *edgeReq) bool {
+func (t *reqTable) add(r *edgeReq) string {
+	r.size = reqSize(r)
 	t.mu.Lock()
 	prev := t.earlierTryLocked(r)
-	if prev == nil && len(t.byID) >= t.e.cfg.MaxPending {
-		t.mu.Unlock()
-		return false
+	if prev == nil {
+		refused := accepted
+		switch {
+		case len(t.byID) >= t.e.cfg.MaxPending:
+			refused = tableFull
+		case t.bytes > 0 && t.bytes+r.size > t.e.cfg.MaxPendingBytes:
+			refused = tableBytes
+		}
+		if refused != accepted {
+			t.unlock()
+			return refused
+		}
 	}
 	t.nextID++
 	r.id = t.nextID
 	t.byID[r.id] = r
+	t.bytes += r.size
 	t.bySocket[string(r.identity)] = append(t.bySocket[string(r.identity)], r)
 	if prev != nil {
 		t.linkLocked(prev, r)
 	}
 	t.noteShapeLocked(r)
 	t.waiting = append(t.waiting, r.id) // takeWaiting skips it while it is held
-	t.mu.Unlock()
+	t.unlock()
 	t.wake()
+	return accepted
+}
+
+// sendableLocked: r waits for a stream, and no retry chain holds it back.
+func sendableLocked(r *edgeReq) bool {
+	return r.state == reqWaiting && !r.cancelling && r.replaces == nil
+}
+
+// dropByClassLocked is the class policy (DESIGN §3.4), in one place: a sendable
+// request nobody waits for any more — an auth request whose socket closed or older
+// than --auth-max-age (its minion has retried), any request older than
+// --request-max-age — is dropped, counted and (over-age) logged, and true returned.
+// takeWaiting applies it before sending, so an outage never ends in a flood of
+// requests nobody waits for; expire applies it on a timer whatever the link does,
+// so through an outage such requests do not hold --max-pending slots.
+func (t *reqTable) dropByClassLocked(r *edgeReq, now time.Time) bool {
+	age := now.Sub(r.created)
+	switch {
+	case r.env.Class == saltmsg.ClassAuth && (r.peerGone || age > t.e.cfg.AuthMaxAge):
+		t.removeLocked(r)
+		t.e.metrics.dropped.WithLabelValues("stale_auth").Inc()
+	case age > t.e.cfg.RequestMaxAge:
+		t.removeLocked(r)
+		t.e.metrics.dropped.WithLabelValues("expired").Inc()
+		t.logLocked(slog.LevelWarn, "request dropped unsent: older than --request-max-age", "minion", r.env.ID, "class", r.env.Class, "age", age.Round(time.Second))
+	default:
+		return false
+	}
 	return true
 }
 
 // takeWaiting returns the requests to put on streams now, applying the class policy
-// to each: stale or orphaned auth requests and over-age requests are dropped here,
-// so an outage never ends in a flood of requests nobody waits for (DESIGN §3.4).
+// to each.
 func (t *reqTable) takeWaiting(now time.Time) []*edgeReq {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	if t.draining {
 		return nil
 	}
 	out := make([]*edgeReq, 0, len(t.waiting))
 	for _, id := range t.waiting {
 		r := t.byID[id]
-		if r == nil || r.state != reqWaiting || r.cancelling || r.replaces != nil {
-			continue
-		}
-		age := now.Sub(r.created)
-		switch {
-		case r.env.Class == saltmsg.ClassAuth && (r.peerGone || age > t.e.cfg.AuthMaxAge):
-			t.removeLocked(r)
-			t.e.metrics.dropped.WithLabelValues("stale_auth").Inc()
-			continue
-		case age > t.e.cfg.RequestMaxAge:
-			t.removeLocked(r)
-			t.e.metrics.dropped.WithLabelValues("expired").Inc()
-			t.e.log.Warn("request dropped unsent: older than --request-max-age", "minion", r.env.ID, "class", r.env.Class, "age", age.Round(time.Second))
+		if r == nil || !sendableLocked(r) || t.dropByClassLocked(r, now) {
 			continue
 		}
 		r.state = reqSending
@@ -152,6 +258,44 @@ func (t *reqTable) takeWaiting(now time.Time) []*edgeReq {
 	return out
 }
 
+// expireEvery is how often expire runs: well under --auth-max-age (30 s), and
+// cheap (a pass over the waiting requests).
+const expireEvery = time.Second
+
+// expireLoop applies the class policy to the waiting requests every interval
+// until ctx ends, whether or not a connection to the core is up.
+func (t *reqTable) expireLoop(ctx context.Context, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			t.expire(now)
+		}
+	}
+}
+
+// expire drops the waiting requests the class policy says nobody waits for, and
+// forgets the IDs of requests that left the queue otherwise; the rest keep their
+// place. It also lets go of answers older than one RetryWindow when no request
+// finishes to do it.
+func (t *reqTable) expire(now time.Time) {
+	t.mu.Lock()
+	defer t.unlock()
+	kept := t.waiting[:0]
+	for _, id := range t.waiting {
+		r := t.byID[id]
+		if r == nil || (sendableLocked(r) && t.dropByClassLocked(r, now)) {
+			continue
+		}
+		kept = append(kept, id)
+	}
+	t.waiting = kept
+	t.forgetAnswersLocked(now)
+}
+
 // requeue puts a request whose stream failed back in line for the next connection.
 func (t *reqTable) requeue(r *edgeReq) {
 	t.mu.Lock()
@@ -159,7 +303,7 @@ func (t *reqTable) requeue(r *edgeReq) {
 		r.state = reqWaiting
 		t.waiting = append(t.waiting, r.id)
 	}
-	t.mu.Unlock()
+	t.unlock()
 	t.wake()
 }
 
@@ -168,11 +312,15 @@ func (t *reqTable) requeue(r *edgeReq) {
 // most once.
 func (t *reqTable) finish(r *edgeReq, answered bool) bool {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	if t.byID[r.id] != r {
 		return false
 	}
 	t.removeLocked(r)
+	// finish is called from r's own exchange (conn.go), after its send: nothing
+	// reads the body any more. What the retry rules keep of r (lastOfShape,
+	// answered) is its shape and times, not its bytes.
+	r.body = nil
 	now := time.Now()
 	t.forgetAnswersLocked(now)
 	if k, ok := keyOf(r); ok && t.lastOfShape[k] == r {
@@ -239,7 +387,8 @@ func (t *reqTable) connected(now time.Time) {
 // everything else is kept: a job return must reach the master even if its minion gave up.
 func (t *reqTable) peerGone(identity []byte) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
+	now := time.Now()
 	for _, r := range t.settled {
 		if bytes.Equal(r.identity, identity) {
 			r.peerGone = true
@@ -249,10 +398,8 @@ func (t *reqTable) peerGone(identity []byte) {
 	delete(t.sockets, string(identity))
 	for _, r := range slices.Clone(t.bySocket[string(identity)]) {
 		r.peerGone = true
-		t.e.log.Debug("minion socket closed with a request unanswered", "id", r.id, "minion", r.env.ID, "socket", hex.EncodeToString(identity))
-		if r.env.Class == saltmsg.ClassAuth && r.state == reqWaiting {
-			t.removeLocked(r)
-			t.e.metrics.dropped.WithLabelValues("stale_auth").Inc()
+		t.logLocked(slog.LevelDebug, "minion socket closed with a request unanswered", "id", r.id, "minion", r.env.ID, "socket", hex.EncodeToString(identity))
+		if sendableLocked(r) && t.dropByClassLocked(r, now) {
 			continue
 		}
 		t.orphanLocked(r)
@@ -262,6 +409,12 @@ func (t *reqTable) peerGone(identity []byte) {
 // removeLocked takes r out of the table (it is answered, refused or dropped).
 func (t *reqTable) removeLocked(r *edgeReq) {
 	delete(t.byID, r.id)
+	t.bytes -= r.size
+	if r.state == reqWaiting {
+		// Not on a stream (requeue and takeWaiting switch the state under mu), so
+		// nothing reads the body: released at once, whoever still points at r.
+		r.body = nil
+	}
 	key := string(r.identity)
 	list := slices.DeleteFunc(t.bySocket[key], func(n *edgeReq) bool { return n == r })
 	if len(list) == 0 {
@@ -304,9 +457,20 @@ func (e *Edge) accept(msg zmtp.Message) {
 		r.env, _ = saltmsg.Parse(r.body[0])
 	}
 	e.metrics.requestsIn.WithLabelValues(r.env.Class.String()).Inc()
-	if !e.reqs.add(r) {
-		e.metrics.dropped.WithLabelValues("table_full").Inc()
+	switch refused := e.reqs.add(r); refused {
+	case accepted:
+	case tableFull:
+		e.metrics.dropped.WithLabelValues(refused).Inc()
 		e.log.Warn("request dropped: the edge holds --max-pending requests already; the minion will retry", "minion", r.env.ID, "remote", msg.Remote, "limit", e.cfg.MaxPending)
+		return
+	default:
+		e.metrics.dropped.WithLabelValues(refused).Inc()
+		// Large requests can come fast (a minion pushing a file): one line a second.
+		if ok, muted := e.reqs.bytesWarn.allow(time.Now()); ok {
+			e.log.Warn("request dropped: the edge holds --max-pending-bytes of requests already; the minion will retry",
+				"minion", r.env.ID, "remote", msg.Remote, "size", r.size, "pending_bytes", e.reqs.pendingBytes(), "limit", e.cfg.MaxPendingBytes,
+				"similar_not_logged", muted)
+		}
 		return
 	}
 	if e.log.Enabled(context.Background(), slog.LevelDebug) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/salt-broker/salt-broker/internal/saltmsg"
@@ -48,8 +49,9 @@ func (t *reqTable) orphanLocked(r *edgeReq) {
 		return
 	}
 	r.goneAt = time.Now()
-	for _, n := range t.recent[k] {
-		if n != r && t.byID[n.id] == n && n.state == reqWaiting && !n.everSent && n.replaces == nil && n.chain == 0 &&
+	for _, rt := range t.recent[k] {
+		n := t.byID[rt.id] // only a pending request can be the retry
+		if n != nil && n != r && n.state == reqWaiting && !n.everSent && n.replaces == nil && n.chain == 0 &&
 			!n.peerGone && n.created.After(r.created) && r.goneAt.Sub(n.created) <= t.e.cfg.RetryWindow && r.chain+1 < t.e.cfg.MaxRetryChain {
 			t.linkLocked(r, n)
 			return
@@ -148,7 +150,7 @@ func (t *reqTable) retryOfAnsweredLocked(o, r *edgeReq) *edgeReq {
 	}
 	if o.created.Before(t.upSince) && t.upSince.Before(o.answeredAt) {
 		t.e.metrics.retriesAfterReply.WithLabelValues("passed").Inc()
-		t.e.log.Debug("minion request may retry a return answered just before; passed on, the master may see it twice",
+		t.logLocked(slog.LevelDebug, "minion request may retry a return answered just before; passed on, the master may see it twice",
 			"minion", r.env.ID, "earlier_id", o.id, "since_answer", r.created.Sub(o.answeredAt))
 	}
 	return nil
@@ -234,7 +236,7 @@ func (t *reqTable) linkLocked(prev, r *edgeReq) {
 	r.tryGap = r.created.Sub(prev.created)
 	masterHasIt := !prev.settledAt.IsZero() || !prev.answeredAt.IsZero()
 	t.e.metrics.retries.Inc()
-	t.e.log.Debug("minion retry recognised", "minion", r.env.ID, "id", r.id, "earlier_id", prev.id, "try", r.chain+1,
+	t.logLocked(slog.LevelDebug, "minion retry recognised", "minion", r.env.ID, "id", r.id, "earlier_id", prev.id, "try", r.chain+1,
 		"earlier_sent", prev.everSent, "master_has_it", masterHasIt)
 	if masterHasIt {
 		// This try goes the way of the last one.
@@ -266,6 +268,14 @@ func (t *reqTable) linkLocked(prev, r *edgeReq) {
 	t.cancels = append(t.cancels, r)
 }
 
+// recentTry is what recent keeps of a request: its ID (the rest, while it is
+// pending, is in byID) and when it came. Its shape is the key. Nothing of its
+// bytes: a finished request's body is let go at once, not after the window.
+type recentTry struct {
+	id      uint64
+	created time.Time
+}
+
 // noteRecentLocked keeps new requests for one RetryWindow, so a retry that arrives
 // before its minion's old connection is seen closing is still recognised.
 func (t *reqTable) noteRecentLocked(r *edgeReq) {
@@ -280,7 +290,7 @@ func (t *reqTable) noteRecentLocked(r *edgeReq) {
 			kept = append(kept, n)
 		}
 	}
-	t.recent[k] = append(kept, r)
+	t.recent[k] = append(kept, recentTry{id: r.id, created: r.created})
 	if len(t.recent) > t.e.cfg.MaxPending+64 {
 		for key, l := range t.recent {
 			if len(l) == 0 || r.created.Sub(l[len(l)-1].created) > t.e.cfg.RetryWindow {
@@ -315,7 +325,7 @@ func (t *reqTable) resolveRetry(r *edgeReq, result byte) {
 	} else if t.byID[r.id] == r {
 		t.settleLocked(r, time.Now())
 	}
-	t.mu.Unlock()
+	t.unlock()
 	t.wake()
 }
 

@@ -136,7 +136,9 @@ class Swarm:
         self.lingering = collections.deque()  # (close at, socket): old REQ sockets closed late
         self.job_seq = 0
         self.ctx = zmq.Context(io_threads=1)
-        self.ctx.setsockopt(zmq.MAX_SOCKETS, max(1024, 4 * args.count + 64))
+        # A context option (Context.setsockopt would only set a default for new sockets,
+        # leaving libzmq's 1023): every minion has two sockets, more while one lingers.
+        self.ctx.set(zmq.MAX_SOCKETS, max(1024, 4 * args.count + 64))
         self.poller = zmq.Poller()
         self.poller.register(0, zmq.POLLIN)
         self.pub_ep = "tcp://%s:%d" % (args.master, args.pub_port)
