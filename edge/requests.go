@@ -27,7 +27,7 @@ type edgeReq struct {
 	id       uint64
 	identity []byte   // the minion socket's routing id
 	envelope [][]byte // frames up to the empty delimiter, echoed on the reply
-	body     [][]byte // what the master gets; nil once it is of no more use (releaseBodyLocked)
+	body     [][]byte // what the master gets; nil once nothing will send it (removeLocked, finish, settleLocked)
 	env      saltmsg.Envelope
 	created  time.Time
 	size     int64 // bytes counted against --max-pending-bytes while it is pending
@@ -382,9 +382,10 @@ func (t *reqTable) connected(now time.Time) {
 	t.mu.Unlock()
 }
 
-// peerGone is zmtp's callback when a minion socket closes. Its unsent auth requests
-// are dropped at once (the minion retries auth with identical bytes on a new socket);
-// everything else is kept: a job return must reach the master even if its minion gave up.
+// peerGone is zmtp's callback when a minion socket closes. Its unsent requests go
+// through the class policy at once, which drops an auth request now (the minion
+// retries auth with identical bytes on a new socket); everything else is kept until
+// its max age: a job return must reach the master even if its minion gave up.
 func (t *reqTable) peerGone(identity []byte) {
 	t.mu.Lock()
 	defer t.unlock()
