@@ -118,6 +118,9 @@ type Core struct {
 // New binds the tunnel listener, so the address is known before Run.
 func New(cfg Config) (*Core, error) {
 	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if cfg.MasterHost == "" {
 		return nil, errors.New("the master's address is required (--master)")
 	}

@@ -155,6 +155,9 @@ type Edge struct {
 // New binds the minion-facing PUB and ROUTER at once, whether or not the core is reachable.
 func New(cfg Config) (*Edge, error) {
 	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
 	if cfg.CoreAddr == "" {
 		return nil, errors.New("the core's address is required (--core host:port)")
 	}

@@ -20,6 +20,7 @@ accept only a core this CA signed. Keep ca.key on one trusted machine.
    broker certs init  --dir ./pki
    broker certs issue --dir ./pki --name core1 --role core --host core.example.net,203.0.113.7
    broker certs issue --dir ./pki --name site-a --role edge`,
+		Action: noSuchCommand,
 		Subcommands: []*cli.Command{
 			{
 				Name:  "init",
@@ -38,18 +39,19 @@ accept only a core this CA signed. Keep ca.key on one trusted machine.
 				Usage: "issue DIR/NAME.crt and DIR/NAME.key signed by the CA in DIR",
 				Flags: []cli.Flag{
 					dir,
-					&cli.StringFlag{Name: "name", Usage: "certificate name (an edge's name is what --allow-edge matches)", Required: true},
-					&cli.StringFlag{Name: "role", Usage: "edge or core", Required: true},
+					&cli.StringFlag{Name: "name", Usage: "certificate name (an edge's name is what --allow-edge matches; required)"},
+					&cli.StringFlag{Name: "role", Usage: "edge or core (required)"},
 					&cli.StringSliceFlag{Name: "host", Usage: "core only: DNS names and IPs edges dial (comma-separated or repeated)"},
 				},
+				Before: requireFlags("name", "role"),
 				Action: func(c *cli.Context) error {
 					role := certs.Role(strings.ToLower(c.String("role")))
 					if role != certs.RoleEdge && role != certs.RoleCore {
-						return fmt.Errorf("--role %q: want edge or core", c.String("role"))
+						return usagef("--role %q: want edge or core", c.String("role"))
 					}
 					hosts := c.StringSlice("host")
 					if role == certs.RoleCore && len(hosts) == 0 {
-						return fmt.Errorf("a core certificate needs --host with the names or IPs edges dial")
+						return usagef("a core certificate needs --host with the names or IPs edges dial")
 					}
 					if err := certs.Issue(c.Path("dir"), c.String("name"), role, hosts); err != nil {
 						return err

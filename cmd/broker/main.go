@@ -19,13 +19,14 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := newApp().RunContext(ctx, os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "broker:", err)
-		os.Exit(1)
+		fmt.Fprintln(os.Stderr, "broker:", oneLine(err))
+		stop()
+		os.Exit(exitCode(err)) // 2: usage error, 1: any other failure (errors.go)
 	}
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:  "broker",
 		Usage: "carry SaltStack's ZeroMQ traffic across long, lossy links over one QUIC connection",
 		Description: `salt-broker is a tunnel pair. 'broker edge' runs near the minions and serves their
@@ -42,13 +43,20 @@ Start with 'broker demo', then see README.md for a real deployment.`,
 		Before: func(c *cli.Context) error {
 			log, err := newLogger(c.String("log-level"), c.String("log-format"))
 			if err != nil {
-				return err
+				return usageError{err}
 			}
 			slog.SetDefault(log)
 			return nil
 		},
+		Action:   noSuchCommand,
 		Commands: []*cli.Command{coreCommand(), edgeCommand(), certsCommand(), statusCommand(), demoCommand()},
+		// main prints the error and picks the exit code; urfave/cli would exit
+		// itself on an ExitCoder.
+		ExitErrHandler: func(*cli.Context, error) {},
+		OnUsageError:   onUsageError,
 	}
+	quietUsageErrors(app.Commands)
+	return app
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {

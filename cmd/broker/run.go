@@ -19,6 +19,7 @@ import (
 	"github.com/salt-broker/salt-broker/core"
 	"github.com/salt-broker/salt-broker/edge"
 	"github.com/salt-broker/salt-broker/internal/admin"
+	"github.com/salt-broker/salt-broker/internal/setting"
 	"github.com/salt-broker/salt-broker/tunnel"
 )
 
@@ -28,9 +29,9 @@ func env(name string) []string {
 
 func tlsFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.PathFlag{Name: "ca", Usage: "CA certificate that signed both sides (from 'broker certs init')", Required: true, EnvVars: env("ca")},
-		&cli.PathFlag{Name: "cert", Usage: "this side's certificate (from 'broker certs issue')", Required: true, EnvVars: env("cert")},
-		&cli.PathFlag{Name: "key", Usage: "this side's private key", Required: true, EnvVars: env("key")},
+		&cli.PathFlag{Name: "ca", Usage: "CA certificate that signed both sides (from 'broker certs init'; required)", EnvVars: env("ca")},
+		&cli.PathFlag{Name: "cert", Usage: "this side's certificate (from 'broker certs issue'; required)", EnvVars: env("cert")},
+		&cli.PathFlag{Name: "key", Usage: "this side's private key (required)", EnvVars: env("key")},
 	}
 }
 
@@ -54,7 +55,7 @@ Example:
    broker core --master 127.0.0.1 --listen :443 \
      --ca /etc/salt-broker/ca.crt --cert /etc/salt-broker/core.crt --key /etc/salt-broker/core.key`,
 		Flags: append(append([]cli.Flag{
-			&cli.StringFlag{Name: "master", Usage: "the Salt master's address", Required: true, EnvVars: env("master")},
+			&cli.StringFlag{Name: "master", Usage: "the Salt master's address (required)", EnvVars: env("master")},
 			&cli.IntFlag{Name: "master-pub-port", Value: 4505, Usage: "the master's publish_port", EnvVars: env("master-pub-port")},
 			&cli.IntFlag{Name: "master-ret-port", Value: 4506, Usage: "the master's ret_port", EnvVars: env("master-ret-port")},
 			&cli.StringFlag{Name: "listen", Value: ":443", Usage: "address for edges, UDP and TCP on the same port", EnvVars: env("listen")},
@@ -66,8 +67,16 @@ Example:
 			&cli.DurationFlag{Name: "drain-timeout", Value: core.DefaultDrainTimeout, Usage: "on SIGTERM, wait at most this long for the master to answer the requests in flight (and their edges to confirm), so a restart does not send them to the master twice; 0 stops at once", EnvVars: env("drain-timeout")},
 			&cli.DurationFlag{Name: "dedup-ttl", Value: core.DefaultDedupTTL, Usage: "how long a request ID is remembered (must exceed the longest outage absorbed)", EnvVars: env("dedup-ttl")},
 		}, tlsFlags()...), commonFlags("127.0.0.1:9510")...),
-		Before: loadConfigFile(map[string]string{"publish_port": "master-pub-port", "ret_port": "master-ret-port"}),
+		Before: chain(loadConfigFile(map[string]string{"publish_port": "master-pub-port", "ret_port": "master-ret-port"}),
+			requireFlags("master", "ca", "cert", "key")),
 		Action: func(c *cli.Context) error {
+			// The other settings are checked by core.New; this one is the flag's
+			// own: 0 stops at once, so a negative one is a mistake.
+			if err := setting.First([]setting.Check{
+				setting.NotNegative("--drain-timeout", c.Duration("drain-timeout"), "stop at once"),
+			}); err != nil {
+				return err
+			}
 			tlsCfg, err := certs.LoadServer(c.Path("ca"), c.Path("cert"), c.Path("key"), c.StringSlice("allow-edge"))
 			if err != nil {
 				return err
@@ -111,7 +120,7 @@ Example:
    broker edge --core core.example.net:443 \
      --ca /etc/salt-broker/ca.crt --cert /etc/salt-broker/edge.crt --key /etc/salt-broker/edge.key`,
 		Flags: append(append([]cli.Flag{
-			&cli.StringFlag{Name: "core", Usage: "the core's host:port", Required: true, EnvVars: env("core")},
+			&cli.StringFlag{Name: "core", Usage: "the core's host:port (required)", EnvVars: env("core")},
 			&cli.StringFlag{Name: "bind", Value: "0.0.0.0", Usage: "address minions use as 'master'", EnvVars: env("bind")},
 			&cli.IntFlag{Name: "pub-port", Value: 4505, Usage: "publish port: must be the port the real master announces (its publish_port)", EnvVars: env("pub-port")},
 			&cli.IntFlag{Name: "ret-port", Value: 4506, Usage: "ret port (the minions' master_port)", EnvVars: env("ret-port")},
@@ -128,8 +137,17 @@ Example:
 			&cli.DurationFlag{Name: "drain-timeout", Value: edge.DefaultDrainTimeout, Usage: "on SIGTERM, wait at most this long for the replies to requests already taken from minions, so a restart does not make them retry returns the master has; 0 stops at once", EnvVars: env("drain-timeout")},
 			&cli.IntFlag{Name: "max-minions", Value: 20_000, Usage: "connections accepted on each minion port", EnvVars: env("max-minions")},
 		}, tlsFlags()...), commonFlags("127.0.0.1:9511")...),
-		Before: loadConfigFile(map[string]string{"publish_port": "pub-port", "ret_port": "ret-port", "master": "core"}),
+		Before: chain(loadConfigFile(map[string]string{"publish_port": "pub-port", "ret_port": "ret-port", "master": "core"}),
+			requireFlags("core", "ca", "cert", "key")),
 		Action: func(c *cli.Context) error {
+			// The other settings are checked by edge.New; these are the flags' own:
+			// 0 turns them off, so a negative one is a mistake.
+			if err := setting.First([]setting.Check{
+				setting.NotNegative("--retry-window", c.Duration("retry-window"), "retry recognition off"),
+				setting.NotNegative("--drain-timeout", c.Duration("drain-timeout"), "stop at once"),
+			}); err != nil {
+				return err
+			}
 			tlsCfg, err := certs.LoadClient(c.Path("ca"), c.Path("cert"), c.Path("key"))
 			if err != nil {
 				return err
@@ -242,7 +260,7 @@ func loadConfigFile(aliases map[string]string) cli.BeforeFunc {
 				name = a
 			}
 			if !known[name] {
-				return fmt.Errorf("--config %s: unknown key %q (keys are flag names, see --help)", path, key)
+				return usagef("--config %s: unknown key %q (keys are flag names, see --help)", path, key)
 			}
 			if c.IsSet(name) {
 				continue
@@ -261,7 +279,7 @@ func loadConfigFile(aliases map[string]string) cli.BeforeFunc {
 				s = fmt.Sprint(v)
 			}
 			if err := c.Set(name, s); err != nil {
-				return fmt.Errorf("--config %s: key %q: %w", path, key, err)
+				return usagef("--config %s: key %q: %s %s: %s", path, key, dashed(name), shown(s), wantFor(c.Command.Flags, name, err.Error()))
 			}
 		}
 		return nil

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -28,11 +30,22 @@ func statusCommand() *cli.Command {
 			}
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
+				var ue *neturl.Error // its text repeats the URL
+				if errors.As(err, &ue) {
+					err = ue.Err
+				}
 				return fmt.Errorf("ask %s: %w (is the edge or core running, with --admin on this address?)", url, err)
 			}
 			defer resp.Body.Close()
-			_, err = io.Copy(c.App.Writer, resp.Body)
-			return err
+			// Anything but 2xx is not a status to print: another service on that
+			// port, or an admin endpoint in trouble; a script must see it fail.
+			if resp.StatusCode < 200 || resp.StatusCode > 299 {
+				return fmt.Errorf("ask %s: answered %s, not a status (is --admin the admin address of an edge or core?)", url, resp.Status)
+			}
+			if _, err := io.Copy(c.App.Writer, resp.Body); err != nil {
+				return fmt.Errorf("read the status from %s: %w", url, err)
+			}
+			return nil
 		},
 	}
 }

@@ -1,0 +1,37 @@
+package core
+
+import (
+	"strconv"
+
+	"github.com/salt-broker/salt-broker/internal/setting"
+)
+
+// Validate checks every numeric and duration setting once, after Defaults, so a bad
+// value stops the core at start with one line (a *setting.Error) instead of a panic
+// (a negative --max-in-flight sized a channel) or a silent misbehaviour later.
+// Settings cmd/broker exposes are named by their flag; the others by their Config
+// field. One line per setting: add new ones here.
+//
+// DrainTimeout takes any value (< 0: no drain), so it has no line; cmd/broker
+// refuses a negative flag itself, as 0 is how the operator turns the drain off.
+func (c *Config) Validate() error {
+	const f = "core.Config."
+	return setting.First([]setting.Check{
+		setting.Port("--master-pub-port", c.MasterPubPort),
+		setting.Port("--master-ret-port", c.MasterRetPort),
+		setting.Between("--max-message-size", c.MaxMessageSize, 1, setting.MaxMessageSize),
+		setting.AtLeast("--ring-count", c.Ring.Count, 1),
+		// A publication larger than the ring's byte bound evicts itself as it is
+		// appended: no edge would ever get it.
+		setting.If("--ring-bytes", c.Ring.Bytes, c.Ring.Bytes >= int64(c.MaxMessageSize),
+			"must be at least --max-message-size ("+strconv.Itoa(c.MaxMessageSize)+"), or the largest publication could never be kept"),
+		setting.Positive("--ring-age", c.Ring.Age),
+		setting.AtLeast("--max-in-flight", c.MaxInFlight, 1),
+		setting.Positive("--dedup-ttl", c.Table.TTL),
+
+		setting.AtLeast(f+"Table.Entries", c.Table.Entries, 1),
+		setting.AtLeast(f+"Table.ReplyBytes", c.Table.ReplyBytes, 1),
+		setting.Positive(f+"MasterTimeout", c.MasterTimeout),
+		setting.Positive(f+"WriteTimeout", c.WriteTimeout),
+	}, setting.Tunnel(f+"Tunnel", c.Tunnel))
+}
