@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -57,7 +58,8 @@ func dialQUIC(ctx context.Context, addr string, tlsCfg *tls.Config, cfg Config) 
 }
 
 // dialAuto races QUIC against a TCP attempt started after delay (or at once when QUIC
-// fails first), happy-eyeballs style.
+// fails first), happy-eyeballs style. It owns both attempts and returns only once
+// both have ended: the loser is cancelled, and closed should it complete anyway.
 func dialAuto(ctx context.Context, addr string, tlsCfg *tls.Config, cfg Config, proxy ProxyFunc, delay time.Duration) (Session, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -65,16 +67,17 @@ func dialAuto(ctx context.Context, addr string, tlsCfg *tls.Config, cfg Config, 
 		s   Session
 		err error
 	}
-	results := make(chan result, 2)
-	go func() {
+	results := make(chan result, 2) // one per attempt: no send ever blocks
+	var attempts sync.WaitGroup
+	attempts.Go(func() {
 		s, err := dialQUIC(ctx, addr, tlsCfg, cfg)
 		results <- result{s, err}
-	}()
+	})
 	startTCP := func() {
-		go func() {
+		attempts.Go(func() {
 			s, err := dialTCP(ctx, addr, tlsCfg, cfg, proxy)
 			results <- result{s, err}
-		}()
+		})
 	}
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
@@ -91,16 +94,14 @@ func dialAuto(ctx context.Context, addr string, tlsCfg *tls.Config, cfg Config, 
 		case r := <-results:
 			pending--
 			if r.err == nil {
+				// Cancel the loser and wait for it (both dials end promptly once
+				// their context does); close it should it have completed first.
 				cancel()
-				// Close the loser should it still complete.
-				if pending > 0 {
-					go func(n int) {
-						for range n {
-							if late := <-results; late.err == nil {
-								_ = late.s.CloseWithError("another transport won")
-							}
-						}
-					}(pending)
+				attempts.Wait()
+				for range pending {
+					if late := <-results; late.err == nil {
+						_ = late.s.CloseWithError("another transport won")
+					}
 				}
 				return r.s, nil
 			}

@@ -76,7 +76,12 @@ func connect(ctx context.Context, c net.Conn, addr string, pu *url.URL) error {
 		deadline = d
 	}
 	_ = c.SetDeadline(deadline)
-	defer c.SetDeadline(time.Time{})
+	// Cancellation too (dialAuto cancels the losing attempt and waits for it).
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+	defer func() {
+		stop()
+		_ = c.SetDeadline(time.Time{})
+	}()
 	req := &http.Request{Method: http.MethodConnect, URL: &url.URL{Opaque: addr}, Host: addr, Header: http.Header{}}
 	if u := pu.User; u != nil {
 		pass, _ := u.Password()

@@ -52,7 +52,8 @@ func (s quicSession) PeerName() string                   { return peerName(s.c.C
 
 func (s quicSession) Stats() Stats {
 	st := s.c.ConnectionStats()
-	return Stats{RTT: st.SmoothedRTT, BytesSent: st.BytesSent, BytesReceived: st.BytesReceived, PacketsLost: st.PacketsLost}
+	return Stats{RTT: st.SmoothedRTT, BytesSent: st.BytesSent, BytesReceived: st.BytesReceived, PacketsLost: st.PacketsLost,
+		PacketsReceived: st.PacketsReceived}
 }
 
 // quicStream maps our close semantics onto quic-go's: its Close is the half close.

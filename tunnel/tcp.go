@@ -44,6 +44,7 @@ type tcpSession struct {
 	accepts chan *smux.Stream
 	refused atomic.Uint64
 	once    sync.Once
+	wg      sync.WaitGroup // the two goroutines below; both end when smux closes
 }
 
 // newTCPSession runs TLS-protected smux on tc, whose lowest layer is raw.
@@ -67,13 +68,14 @@ func newTCPSession(tc *tls.Conn, raw *countingConn, cfg Config, server bool) (*t
 		return nil, fmt.Errorf("smux: %w", err)
 	}
 	s.sess = sess
-	go func() {
-		// Owner: the session. Ends when smux closes, which every close path causes.
+	// Owner of both: the session. They end when smux closes, which every close path
+	// causes, and CloseWithError waits for them.
+	s.wg.Go(func() {
 		<-sess.CloseChan()
 		s.close(errIdle)
-	}()
+	})
 	// Keep accepting on both sides: a full smux backlog stalls the whole session.
-	go s.acceptLoop()
+	s.wg.Go(s.acceptLoop)
 	return s, nil
 }
 
@@ -171,10 +173,11 @@ func (s *tcpSession) AcceptStream(ctx context.Context) (Stream, error) {
 	}
 }
 
-// CloseWithError ends the session. smux has no goodbye frame, so the peer learns only
-// that the connection closed, not the reason.
+// CloseWithError ends the session and waits for its goroutines. smux has no goodbye
+// frame, so the peer learns only that the connection closed, not the reason.
 func (s *tcpSession) CloseWithError(reason string) error {
 	s.close(fmt.Errorf("tcp session closed locally: %s", reason))
+	s.wg.Wait()
 	return nil
 }
 
@@ -188,7 +191,7 @@ func (s *tcpSession) PeerName() string         { return peerName(s.tls.Connectio
 // reads RTT and retransmitted segments from the kernel. Behind a proxy they describe
 // the hop to the proxy.
 func (s *tcpSession) Stats() Stats {
-	st := Stats{BytesSent: s.raw.sent.Load(), BytesReceived: s.raw.received.Load()}
+	st := Stats{BytesSent: s.raw.sent.Load(), BytesReceived: s.raw.received.Load(), PacketsReceived: s.raw.reads.Load()}
 	st.RTT, st.PacketsLost = tcpInfo(s.raw.Conn)
 	return st
 }
@@ -209,15 +212,19 @@ func (s *tcpStream) Write(p []byte) (int, error) {
 	return n, s.sess.streamErr(err)
 }
 
-// countingConn counts the bytes of the TCP socket beneath TLS.
+// countingConn counts the bytes of the TCP socket beneath TLS, and the reads that
+// returned some: Stats.PacketsReceived, the edge's measure of progress.
 type countingConn struct {
 	net.Conn
-	sent, received atomic.Uint64
+	sent, received, reads atomic.Uint64
 }
 
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	c.received.Add(uint64(n))
+	if n > 0 {
+		c.received.Add(uint64(n))
+		c.reads.Add(1)
+	}
 	return n, err
 }
 

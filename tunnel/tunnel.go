@@ -51,6 +51,15 @@ type Session interface {
 type Stats struct {
 	RTT                                   time.Duration
 	BytesSent, BytesReceived, PacketsLost uint64
+	// PacketsReceived moves whenever anything at all arrives from the peer, data
+	// or acknowledgement: the measure of a connection's liveness (DESIGN §4), which
+	// a pong queued behind data is not. QUIC counts packets (acknowledgements of
+	// what we send travel in them); TCP counts reads from the socket that returned
+	// bytes, beneath TLS, which include smux's window updates and the peer's
+	// pongs during an upload. (TCP_INFO's last-ACK time is not used: a hop that
+	// terminates TCP — an HTTP CONNECT proxy, a forwarder — acknowledges on the
+	// core's behalf, so ACKs would hide a path that is dead beyond it.)
+	PacketsReceived uint64
 }
 
 // Config tunes both transports. Defaults suit long fat links (DESIGN §4).
