@@ -25,8 +25,14 @@ type conn struct {
 	ack    wire.HelloAck
 	wg     sync.WaitGroup
 
-	lastPong atomic.Int64 // unix nanos
-	rtt      atomic.Int64 // nanos
+	lastPong  atomic.Int64 // unix nanos
+	rtt       atomic.Int64 // nanos
+	pingsSent atomic.Uint64
+	pongs     atomic.Uint64 // pings answered (pongs come back in order)
+
+	// bulk bounds the bytes of large requests (uploads) being written on this
+	// connection, so they go in turn (tunnel.Gate). Budget: uploadInFlightBytes.
+	bulk tunnel.Gate
 
 	handover tunnel.Session // set by probeQUIC before it ends the connection
 
@@ -46,8 +52,17 @@ func (c *conn) goWork(f func()) bool {
 	return true
 }
 
+// Large requests (above bulkThreshold) are written in turn, at most
+// uploadInFlightBytes at once (at least one); small ones are never held back. The
+// core bounds its large replies the same way (--bulk-in-flight-bytes); the edge's
+// budget is fixed, since requests that large are rare (a minion's file upload).
+const (
+	bulkThreshold       = 64 << 10
+	uploadInFlightBytes = 4 << 20
+)
+
 var (
-	errStalled    = errors.New("connection stalled: no answer from the core")
+	errStalled    = errors.New("connection stalled")
 	errBackToQUIC = errors.New("QUIC reachable again: moving the session back from TCP")
 )
 
@@ -264,8 +279,11 @@ func (c *conn) probeQUIC() {
 	}
 }
 
-// runControl sends pings and cursor acks, and reads pongs. No pong for StallTimeout
-// means the connection makes no progress: end it so a fresh one is raced.
+// runControl sends pings and cursor acks, and reads pongs. The connection is
+// stalled when nothing at all arrived from the core — no packet, no pong — for
+// StallTimeout while a ping is unanswered: end it so a fresh one is raced. A pong
+// late behind a queue of data is not a stall: the data arriving is progress
+// (DESIGN §4, liveness from progress, never from latency).
 func (c *conn) runControl(st tunnel.Stream, rd *wire.Reader) {
 	defer st.Close()
 	stop := context.AfterFunc(c.ctx, func() { _ = st.Close() })
@@ -285,6 +303,7 @@ func (c *conn) runControl(st tunnel.Stream, rd *wire.Reader) {
 				now := time.Now().UnixNano()
 				c.rtt.Store(now - int64(sent))
 				c.lastPong.Store(now)
+				c.pongs.Add(1)
 				c.e.metrics.rtt.Set(time.Duration(now - int64(sent)).Seconds())
 			}
 		}
@@ -292,24 +311,37 @@ func (c *conn) runControl(st tunnel.Stream, rd *wire.Reader) {
 	t := time.NewTicker(c.e.cfg.PingInterval)
 	defer t.Stop()
 	var acked uint64
+	// Progress is sampled each tick: the transport's count of what arrived moved
+	// since the last tick, or a pong came.
+	received := c.sess.Stats().PacketsReceived
+	progress := time.Now()
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
 		case <-t.C:
 		}
-		if since := time.Since(time.Unix(0, c.lastPong.Load())); since > c.e.cfg.StallTimeout {
+		now := time.Now()
+		if r := c.sess.Stats().PacketsReceived; r != received {
+			received, progress = r, now
+		}
+		if p := time.Unix(0, c.lastPong.Load()); p.After(progress) {
+			progress = p
+		}
+		unanswered := c.pingsSent.Load() - c.pongs.Load()
+		if quiet := now.Sub(progress); quiet > c.e.cfg.StallTimeout && unanswered > 0 {
 			c.e.metrics.stalls.Inc()
-			c.cancel(fmt.Errorf("%w for %s", errStalled, since.Round(time.Millisecond)))
+			c.cancel(fmt.Errorf("%w: no packet from the core for %s with %d pings unanswered",
+				errStalled, quiet.Round(100*time.Millisecond), unanswered))
 			return
 		}
-		buf := wire.Append(nil, wire.TPing, wire.U64Body(uint64(time.Now().UnixNano())))
+		buf := wire.Append(nil, wire.TPing, wire.U64Body(uint64(now.UnixNano())))
 		if _, cur := c.e.cursor.get(); cur != acked {
 			buf = wire.Append(buf, wire.TAck, wire.U64Body(cur))
 			acked = cur
 		}
-		_ = st.SetWriteDeadline(time.Now().Add(c.e.cfg.WriteTimeout))
-		if _, err := st.Write(buf); err != nil {
+		c.pingsSent.Add(1) // before the write: its pong may come before Write returns
+		if _, err := tunnel.WriteIdle(st, buf, c.e.cfg.WriteTimeout); err != nil {
 			c.cancel(fmt.Errorf("control stream write: %w", err))
 			return
 		}
@@ -430,10 +462,20 @@ func (c *conn) exchange(r *edgeReq) error {
 	defer st.Close()
 	stop := context.AfterFunc(c.ctx, func() { _ = st.Close() })
 	defer stop()
-	_ = st.SetWriteDeadline(time.Now().Add(e.cfg.WriteTimeout))
+	// No deadline that progress can hit: every write and read on this stream fails
+	// only after WriteTimeout without progress. The reply's first byte is waited for
+	// without one — the master may take minutes, the core says so when it gives up
+	// (MasterTimeout), and a dead connection ends c.ctx, which closes st.
+	st = tunnel.IdleStream(st, e.cfg.WriteTimeout, true)
+	release, err := c.admitUpload(r)
+	if err != nil {
+		return fmt.Errorf("wait to send request: %w", err)
+	}
 	if err := wire.Write(st, wire.TRequest, wire.Request{ID: r.id, Frames: r.body}.Encode()); err != nil {
+		release()
 		return fmt.Errorf("send request: %w", err)
 	}
+	release()
 	rd := wire.NewReader(st, e.cfg.MaxMessageSize+64<<10)
 	typ, body, err := rd.Next()
 	if errors.Is(err, wire.ErrTooLarge) {
@@ -452,7 +494,6 @@ func (c *conn) exchange(r *edgeReq) error {
 			return fmt.Errorf("bad reply record for request %d: %w", r.id, wire.ErrMalformed)
 		}
 		e.deliver(r, wire.CloneFrames(rep.Frames))
-		_ = st.SetWriteDeadline(time.Now().Add(e.cfg.WriteTimeout))
 		_ = wire.Write(st, wire.TDone, wire.U64Body(r.id))
 		_ = st.CloseWrite()
 		return nil
@@ -466,6 +507,18 @@ func (c *conn) exchange(r *edgeReq) error {
 	default:
 		return fmt.Errorf("unexpected %s answering request %d: %w", typ, r.id, wire.ErrMalformed)
 	}
+}
+
+// admitUpload waits for r's turn when it is large (bulkThreshold), so uploads on
+// this connection go in turn rather than all sharing the link (tunnel.Gate). The
+// budget is released once the request is written, not when its reply comes: the
+// reply waits for the master, which is no transfer.
+func (c *conn) admitUpload(r *edgeReq) (release func(), err error) {
+	n := wire.Size(r.body)
+	if n <= bulkThreshold {
+		return func() {}, nil
+	}
+	return c.bulk.Acquire(c.ctx, int64(n), uploadInFlightBytes)
 }
 
 func slogLevelFor(code byte) slog.Level {

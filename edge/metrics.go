@@ -46,7 +46,7 @@ func newMetrics(e *Edge, reg prometheus.Registerer) *metrics {
 		rtt:               gauge("tunnel_rtt_seconds", "Round trip time to the core, measured on the control stream."),
 		reconnects:        counter("tunnel_reconnects_total", "Connections to the core that ended and were replaced."),
 		connectFailures:   counter("tunnel_handshake_failures_total", "Connections the core refused at the hello."),
-		stalls:            counter("tunnel_stalls_total", "Connections ended because the core stopped answering pings."),
+		stalls:            counter("tunnel_stalls_total", "Connections ended because nothing (no packet, no pong) arrived from the core for the stall timeout (2 s) while a ping was unanswered."),
 		transportChanges:  vec("tunnel_transport_changes_total", "Moves between transports, by the transport moved to (tcp: QUIC did not come up; quic: it works again).", "to"),
 		retries:           counter("minion_retries_total", "Requests recognised as a minion's own retry of an earlier try of theirs."),
 		retriesAfterReply: vec("minion_retries_after_reply_total", "Requests that came, on a new socket, just after the reply to their minion's same-shape request, as when its retry timer fired as the reply arrived: dropped (one retry timer after that try: the master has the chain) or passed (the timing could not tell, after an outage held the answer up; the master may see the return twice).", "action"),
