@@ -471,7 +471,7 @@ func (c *conn) exchange(r *edgeReq) error {
 	if err != nil {
 		return fmt.Errorf("wait to send request: %w", err)
 	}
-	if err := wire.Write(st, wire.TRequest, wire.Request{ID: r.id, Frames: r.body}.Encode()); err != nil {
+	if err := wire.Write(st, wire.TRequest, wire.Request{ID: r.id, Frames: r.body, MaxQueueAge: e.queueBudget(r, time.Now())}.Encode()); err != nil {
 		release()
 		return fmt.Errorf("send request: %w", err)
 	}

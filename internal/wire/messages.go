@@ -3,6 +3,8 @@ package wire
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"math"
+	"time"
 )
 
 // Hello opens the control stream of every connection from an edge.
@@ -108,19 +110,38 @@ func DecodeGap(b []byte) (Gap, error) {
 type Request struct {
 	ID     uint64
 	Frames [][]byte // the frames after the REQ envelope's empty delimiter
+	// MaxQueueAge is how much longer the request is of use, as the edge's class
+	// policy sees it when it sends (its class's max age minus the age it has at the
+	// edge): the core refuses it with RefusedStale if it is still waiting for a slot
+	// at the master after that. Only the edge reads Salt, so only it can say. Sent
+	// in whole milliseconds, rounded up; 0 means none given (the core's own cap, its
+	// dedup TTL, applies).
+	MaxQueueAge time.Duration
 }
 
 // Encode returns the record body.
 func (m Request) Encode() []byte {
-	e := Encoder{b: make([]byte, 0, 16+Size(m.Frames)+4*len(m.Frames))}
-	return e.U64(m.ID).Multipart(m.Frames).Body()
+	e := Encoder{b: make([]byte, 0, 20+Size(m.Frames)+4*len(m.Frames))}
+	return e.U64(m.ID).Multipart(m.Frames).U32(millis(m.MaxQueueAge)).Body()
 }
 
 // DecodeRequest decodes a TRequest body; the frames alias b.
 func DecodeRequest(b []byte) (Request, error) {
 	d := NewDecoder(b)
-	m := Request{ID: d.U64(), Frames: d.Multipart()}
+	m := Request{ID: d.U64(), Frames: d.Multipart(), MaxQueueAge: time.Duration(d.U32()) * time.Millisecond}
 	return m, d.Err()
+}
+
+// millis encodes a duration as whole milliseconds, rounded up so a positive one
+// never becomes 0 ("none"), clamped to what 32 bits hold (49 days).
+func millis(d time.Duration) uint32 {
+	switch {
+	case d <= 0:
+		return 0
+	case d >= math.MaxUint32*time.Millisecond:
+		return math.MaxUint32
+	}
+	return uint32((d + time.Millisecond - 1) / time.Millisecond)
 }
 
 // Reply carries the master's reply to a request.
@@ -148,7 +169,7 @@ const (
 	RefusedBusy      byte = 2 // the core's tables are full; the minion's own retry covers it
 	RefusedCancelled byte = 3 // the edge cancelled it before it reached the master
 	RefusedTimeout   byte = 4 // the master did not answer in time
-	RefusedStale     byte = 5 // older than its class allows (e.g. an auth the minion has retried)
+	RefusedStale     byte = 5 // older than its class allows: queued at the core past its Request.MaxQueueAge
 	RefusedShutdown  byte = 6 // the core is stopping
 )
 

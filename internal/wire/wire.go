@@ -20,8 +20,11 @@ import (
 )
 
 // Version is the protocol version carried in Hello. A core refuses an edge whose
-// major version differs.
-const Version = 1
+// version differs, with a reject naming both: decoders refuse trailing bytes, so a
+// record with a field more does not decode on the other version.
+//
+//   - 2: Request carries MaxQueueAge.
+const Version = 2
 
 // Type identifies a record.
 type Type byte

@@ -4,15 +4,17 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math"
 	"reflect"
 	"testing"
+	"time"
 )
 
 func TestRoundTrip(t *testing.T) {
 	var buf bytes.Buffer
 	hello := Hello{Version: Version, EdgeName: "site-a", EdgeSession: 7, CoreEpoch: 9, PubCursor: 1 << 40, Pending: 3}
 	pub := Pub{Seq: 42, Frames: [][]byte{[]byte("broadcast"), {}, bytes.Repeat([]byte{0xab}, 70000)}}
-	req := Request{ID: 1<<63 + 5, Frames: [][]byte{[]byte("payload")}}
+	req := Request{ID: 1<<63 + 5, Frames: [][]byte{[]byte("payload")}, MaxQueueAge: 29*time.Second + 250*time.Millisecond}
 	ref := Refused{ID: 3, Code: RefusedBusy, Reason: "table full"}
 	for _, r := range []struct {
 		t Type
@@ -35,7 +37,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("pub: %v %v", got.Seq, err)
 	}
 	b, _ = rd.Expect(TRequest)
-	if got, err := DecodeRequest(b); err != nil || got.ID != req.ID || !reflect.DeepEqual(got.Frames, req.Frames) {
+	if got, err := DecodeRequest(b); err != nil || got.ID != req.ID || !reflect.DeepEqual(got.Frames, req.Frames) || got.MaxQueueAge != req.MaxQueueAge {
 		t.Fatalf("request: %+v %v", got, err)
 	}
 	b, _ = rd.Expect(TRefused)
@@ -96,6 +98,31 @@ func TestMalformedBodies(t *testing.T) {
 	}
 }
 
+// MaxQueueAge travels in whole milliseconds: a positive budget never rounds to 0
+// (which says "none"), and what 32 bits cannot hold is clamped, not wrapped.
+func TestRequestMaxQueueAge(t *testing.T) {
+	for _, c := range []struct{ in, want time.Duration }{
+		{0, 0},
+		{-time.Second, 0},
+		{time.Nanosecond, time.Millisecond},
+		{1500 * time.Microsecond, 2 * time.Millisecond},
+		{15 * time.Minute, 15 * time.Minute},
+		{100 * 24 * time.Hour, math.MaxUint32 * time.Millisecond},
+	} {
+		got, err := DecodeRequest(Request{ID: 1, Frames: [][]byte{[]byte("x")}, MaxQueueAge: c.in}.Encode())
+		if err != nil || got.MaxQueueAge != c.want {
+			t.Errorf("MaxQueueAge %v: decoded %v %v, want %v", c.in, got.MaxQueueAge, err, c.want)
+		}
+	}
+	// A version 1 request (no MaxQueueAge) does not decode: the reason the version
+	// went to 2, and a core refuses an edge of another version at the hello.
+	var e Encoder
+	v1 := e.U64(1).Multipart([][]byte{[]byte("x")}).Body()
+	if _, err := DecodeRequest(v1); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("a version 1 request decoded: %v", err)
+	}
+}
+
 func TestCloneFramesDetaches(t *testing.T) {
 	body := Pub{Seq: 1, Frames: [][]byte{[]byte("a"), []byte("bc")}}.Encode()
 	p, _ := DecodePub(body)
@@ -118,6 +145,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(Append(nil, TPub, Pub{Seq: 1, Frames: [][]byte{[]byte("t"), []byte("p")}}.Encode()))
 	f.Add(Append(nil, THello, Hello{Version: 1, EdgeName: "e"}.Encode()))
 	f.Add(Append(nil, TRequest, Request{ID: 2, Frames: [][]byte{{}}}.Encode()))
+	f.Add(Append(nil, TRequest, Request{ID: 3, Frames: [][]byte{[]byte("x")}, MaxQueueAge: 30 * time.Second}.Encode()))
 	f.Add(Append(nil, TRefused, Refused{ID: 2, Code: 1, Reason: "x"}.Encode()))
 	f.Add([]byte{byte(TPub), 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -138,7 +166,7 @@ func FuzzDecode(f *testing.F) {
 			case TRequest:
 				if m, err := DecodeRequest(body); err == nil {
 					again, err := DecodeRequest(m.Encode())
-					if err != nil || again.ID != m.ID || !reflect.DeepEqual(again.Frames, m.Frames) {
+					if err != nil || again.ID != m.ID || !reflect.DeepEqual(again.Frames, m.Frames) || again.MaxQueueAge != m.MaxQueueAge {
 						t.Fatalf("request does not survive re-encoding: %v", err)
 					}
 				}
