@@ -42,8 +42,12 @@ type Config struct {
 	MaxInFlight    int           // requests at the master at once
 	MasterTimeout  time.Duration // a request the master has not answered by then is refused
 	MaxMessageSize int           // bytes of one publication, request or reply
-	WriteTimeout   time.Duration // a tunnel write blocked this long ends the stream
+	WriteTimeout   time.Duration // a tunnel transfer that makes no progress for this long ends its stream (an idle, not an absolute, deadline)
 	DrainTimeout   time.Duration // on stop, wait this long at most for requests in flight to be answered and confirmed; < 0: none
+
+	// BulkInFlightBytes bounds the bytes of large replies in flight at once on one
+	// edge connection; the others wait their turn (gate.go).
+	BulkInFlightBytes int64
 
 	Logger   *slog.Logger
 	Registry prometheus.Registerer // nil: metrics are kept but not exported
@@ -89,6 +93,9 @@ func (c *Config) Defaults() {
 	}
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = 30 * time.Second
+	}
+	if c.BulkInFlightBytes == 0 {
+		c.BulkInFlightBytes = DefaultBulkInFlightBytes
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout

@@ -30,6 +30,8 @@ type edgeConn struct {
 	helloDone chan struct{}
 	hello     wire.Hello // set before helloDone is closed
 	cursor    atomic.Uint64
+
+	bulk tunnel.Gate // large replies in flight on this connection, in turn (gate.go)
 }
 
 func (c *Core) serveEdge(ctx context.Context, sess tunnel.Session) {
@@ -207,9 +209,11 @@ func (c *Core) supersede(e *edgeConn) {
 	}
 }
 
+// write sends one record with an idle deadline: it fails only when nothing went
+// through for WriteTimeout, however long the whole record takes on a slow link.
 func (e *edgeConn) write(st tunnel.Stream, t wire.Type, body []byte) error {
-	_ = st.SetWriteDeadline(time.Now().Add(e.c.cfg.WriteTimeout))
-	return wire.Write(st, t, body)
+	_, err := tunnel.WriteIdle(st, wire.Append(make([]byte, 0, len(body)+8), t, body), e.c.cfg.WriteTimeout)
+	return err
 }
 
 // startCursor decides where an edge's publication stream resumes.
@@ -257,8 +261,7 @@ func (e *edgeConn) servePubs(ctx context.Context, st tunnel.Stream, body []byte)
 			cursor = ent.seq
 		}
 		if len(buf) > 0 {
-			_ = st.SetWriteDeadline(time.Now().Add(e.c.cfg.WriteTimeout))
-			if _, err := st.Write(buf); err != nil {
+			if _, err := tunnel.WriteIdle(st, buf, e.c.cfg.WriteTimeout); err != nil {
 				return fmt.Errorf("write publications: %w", err)
 			}
 			e.c.metrics.pubsOut.Add(float64(len(batch)))
@@ -306,17 +309,28 @@ func (e *edgeConn) serveRequest(ctx context.Context, st tunnel.Stream, rd *wire.
 	if refusal != nil {
 		return e.write(st, wire.TRefused, refusal.Encode())
 	}
-	if err := e.write(st, wire.TReply, wire.Reply{ID: req.ID, Frames: reply}.Encode()); err != nil {
+	rec := wire.Append(nil, wire.TReply, wire.Reply{ID: req.ID, Frames: reply}.Encode())
+	// A large reply waits for its turn on this connection; the budget is given back
+	// once the edge confirmed it (or did not), so it bounds what is on its way.
+	release, err := e.admitReply(ctx, len(rec))
+	if err != nil {
+		return nil // the edge went away; it re-sends the request on its next connection
+	}
+	defer release()
+	if _, err := tunnel.WriteIdle(st, rec, e.c.cfg.WriteTimeout); err != nil {
 		return fmt.Errorf("write reply: %w", err)
 	}
 	_ = st.SetReadDeadline(time.Now().Add(doneTimeout))
 	b, err := rd.Expect(wire.TDone)
 	if err != nil {
-		return nil // not confirmed: the reply stays cached for a re-send
+		e.unconfirmed(req.ID, "missing", err)
+		return nil
 	}
-	if id, err := wire.DecodeU64(b); err == nil && id == req.ID {
-		e.c.table.delivered(key)
+	if id, err := wire.DecodeU64(b); err != nil || id != req.ID {
+		e.unconfirmed(req.ID, "malformed", fmt.Errorf("done record for request %d: %w", id, wire.ErrMalformed))
+		return nil
 	}
+	e.c.table.delivered(key)
 	_ = st.CloseWrite()
 	return nil
 }

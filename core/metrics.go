@@ -12,6 +12,9 @@ type metrics struct {
 	badReplies, lateReplies              prometheus.Counter
 	protocolErrors                       prometheus.Counter
 	oversize                             *prometheus.CounterVec
+
+	bulkWaits          prometheus.Counter     // large replies that queued at their connection's gate
+	repliesUnconfirmed *prometheus.CounterVec // replies whose TDone did not come, by reason
 }
 
 func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
@@ -46,7 +49,20 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "dedup_entries", Help: "Requests remembered by the dedup table."}, func() float64 { _, n, _, _ := c.table.snapshot(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "dedup_reply_bytes", Help: "Bytes of replies cached until their edge confirms them."}, func() float64 { _, _, _, b := c.table.snapshot(); return float64(b) }),
 	}
+	m.bulkWaits = counter("bulk_replies_waited_total", "Large replies (over 64 KiB) that waited for their turn at their edge connection's gate (--bulk-in-flight-bytes).")
+	m.repliesUnconfirmed = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "replies_unconfirmed_total",
+		Help: "Replies written to an edge that did not confirm them (no done record: missing; a wrong one: malformed); each stays cached and is sent again when the edge re-sends its request."}, []string{"reason"})
+	for _, r := range []string{"missing", "malformed"} {
+		m.repliesUnconfirmed.WithLabelValues(r)
+	}
+	bulkGauges := []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "bulk_replies_waiting", Help: "Large replies waiting for their turn at their edge connection's gate."}, func() float64 { return float64(c.bulkStats().Waiting) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "bulk_bytes_waiting", Help: "Bytes of the large replies waiting at the gates."}, func() float64 { return float64(c.bulkStats().WaitingBytes) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "bulk_bytes_in_flight", Help: "Bytes of large replies admitted by the gates and not yet confirmed by their edge (at most --bulk-in-flight-bytes per connection, or one reply)."}, func() float64 { return float64(c.bulkStats().InFlight) }),
+	}
 	if reg != nil {
+		reg.MustRegister(m.bulkWaits, m.repliesUnconfirmed)
+		reg.MustRegister(bulkGauges...)
 		reg.MustRegister(m.pubsIn, m.pubBytesIn, m.pubsOut, m.gapPubs, m.ringHead, m.edges, m.requests,
 			m.requestsToMaster, m.masterSendErrors, m.badReplies, m.lateReplies, m.protocolErrors, m.oversize)
 		reg.MustRegister(ringGauges...)

@@ -66,6 +66,8 @@ Example:
 			&cli.IntFlag{Name: "max-in-flight", Value: 256, Usage: "requests at the master at once; a backlog drains at this pace", EnvVars: env("max-in-flight")},
 			&cli.DurationFlag{Name: "drain-timeout", Value: core.DefaultDrainTimeout, Usage: "on SIGTERM, wait at most this long for the master to answer the requests in flight (and their edges to confirm), so a restart does not send them to the master twice; 0 stops at once", EnvVars: env("drain-timeout")},
 			&cli.DurationFlag{Name: "dedup-ttl", Value: core.DefaultDedupTTL, Usage: "how long a request ID is remembered (must exceed the longest outage absorbed)", EnvVars: env("dedup-ttl")},
+			&cli.DurationFlag{Name: "write-timeout", Value: 30 * time.Second, Usage: "a transfer to an edge that makes no progress for this long is cut (an idle deadline: a slow transfer that moves is never cut)", EnvVars: env("write-timeout")},
+			&cli.Int64Flag{Name: "bulk-in-flight-bytes", Value: core.DefaultBulkInFlightBytes, Usage: "bytes of large replies (over 64 KiB) in flight at once per edge connection; the others wait their turn, first come first served, and small replies never wait", EnvVars: env("bulk-in-flight-bytes")},
 		}, tlsFlags()...), commonFlags("127.0.0.1:9510")...),
 		Before: chain(loadConfigFile(map[string]string{"publish_port": "master-pub-port", "ret_port": "master-ret-port"}),
 			requireFlags("master", "ca", "cert", "key")),
@@ -99,6 +101,8 @@ Example:
 			if cfg.DrainTimeout == 0 {
 				cfg.DrainTimeout = -1 // stop at once
 			}
+			cfg.WriteTimeout = c.Duration("write-timeout")
+			cfg.BulkInFlightBytes = c.Int64("bulk-in-flight-bytes")
 			k, err := core.New(cfg)
 			if err != nil {
 				return err
