@@ -216,18 +216,28 @@ func (c *Core) drain() {
 	}
 }
 
+// runSweeper times out requests at the master (freeing their slots) and refuses
+// queued requests past their age budget, every second whatever the links do: a
+// request waiting for a master that is slow, down or never connected expires too.
 func (c *Core) runSweeper(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	stale := staleLog{log: c.log, every: staleLogEvery, queue: c.table.queue}
+	defer func() { stale.flush(time.Now()) }()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		for range c.table.sweep(c.cfg.MasterTimeout) {
+		timedOut, expired := c.table.sweep(c.cfg.MasterTimeout)
+		for range timedOut {
 			<-c.slots
 		}
+		if expired > 0 {
+			c.metrics.requests.WithLabelValues("expired").Add(float64(expired))
+		}
+		stale.add(expired, time.Now())
 	}
 }
 

@@ -289,7 +289,7 @@ func (e *edgeConn) serveRequest(ctx context.Context, st tunnel.Stream, rd *wire.
 		return e.write(st, wire.TRefused, wire.Refused{ID: req.ID, Code: wire.RefusedTooLarge, Reason: "request larger than the core's --max-message-size"}.Encode())
 	}
 	key := reqKey{edgeSession: e.hello.EdgeSession, id: req.ID}
-	p, dup, busy := e.c.table.submit(key, wire.CloneFrames(req.Frames))
+	p, dup, busy := e.c.table.submit(key, wire.CloneFrames(req.Frames), req.MaxQueueAge)
 	switch {
 	case busy:
 		e.c.metrics.requests.WithLabelValues("busy").Inc()

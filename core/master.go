@@ -91,6 +91,8 @@ func (c *Core) runSub(ctx context.Context, sub zmq4.Socket) error {
 
 // runDealerSend forwards queued requests to the master, at most MaxInFlight at once,
 // so a backlog after an outage drains at the master's pace (DESIGN invariant 4).
+// The queue is the table's own (table.next): a request leaves it only once it has a
+// slot and goes at once, so until then it can still be cancelled or expire.
 func (c *Core) runDealerSend(ctx context.Context, dealer zmq4.Socket, connected <-chan struct{}) {
 	select {
 	case <-connected:
@@ -98,29 +100,22 @@ func (c *Core) runDealerSend(ctx context.Context, dealer zmq4.Socket, connected 
 		return
 	}
 	for {
-		var p *pending
-		select {
-		case p = <-c.table.queue:
-		case <-c.draining:
-			return
-		case <-ctx.Done():
-			return
-		}
 		select {
 		case c.slots <- struct{}{}:
 		case <-c.draining:
-			return // p stays queued: its edge re-sends it to the next core
+			return // what is queued stays queued: its edge re-sends it to the next core
 		case <-ctx.Done():
 			return
 		}
-		if !c.table.take(p) {
-			<-c.slots
-			continue
+		p, frames := c.nextRequest(ctx)
+		if p == nil {
+			<-c.slots // ours: taken above and not used
+			return
 		}
-		frames := make([][]byte, 0, 2+len(p.frames))
-		frames = append(frames, ticketFrame(p.ticket), nil)
-		frames = append(frames, p.frames...)
-		if err := dealer.SendMulti(zmq4.NewMsgFrom(frames...)); err != nil {
+		msg := make([][]byte, 0, 2+len(frames))
+		msg = append(msg, ticketFrame(p.ticket), nil)
+		msg = append(msg, frames...)
+		if err := dealer.SendMulti(zmq4.NewMsgFrom(msg...)); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -130,6 +125,30 @@ func (c *Core) runDealerSend(ctx context.Context, dealer zmq4.Socket, connected 
 			c.metrics.masterSendErrors.Inc()
 		}
 		c.metrics.requestsToMaster.Inc()
+	}
+}
+
+// nextRequest waits for a queued request and takes it for the master, or returns
+// nil once the core drains or stops: nothing new is sent after the drain began.
+func (c *Core) nextRequest(ctx context.Context) (*pending, [][]byte) {
+	for {
+		select {
+		case <-c.draining:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, nil
+		default:
+		}
+		if p, frames := c.table.next(); p != nil {
+			return p, frames
+		}
+		select {
+		case <-c.table.kick:
+		case <-c.draining:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, nil
+		}
 	}
 }
 

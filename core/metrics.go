@@ -32,7 +32,7 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		gapPubs:          counter("publication_gap_total", "Publications an edge missed because they left the replay ring first."),
 		ringHead:         gauge("ring_head_sequence", "Sequence number of the newest publication."),
 		edges:            gauge("edges_connected", "Edge connections open now."),
-		requests:         prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total", Help: "Requests received from edges, by outcome: accepted, resent (a known ID; never sent to the master twice), busy, too_large."}, []string{"result"}),
+		requests:         prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total", Help: "Requests received from edges, by outcome: accepted, resent (a known ID; never sent to the master twice), busy (table or queue full), too_large; and expired: accepted but refused as stale, having waited for a slot at the master longer than its edge allowed."}, []string{"result"}),
 		requestsToMaster: counter("master_requests_total", "Requests sent to the master's ret port."),
 		masterSendErrors: counter("master_send_errors_total", "Requests zmq4 failed to queue towards the master."),
 		badReplies:       counter("master_bad_replies_total", "Messages from the master's ret port without our routing frame."),
@@ -47,6 +47,8 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ring_evicted_total", Help: "Publications evicted from the replay ring by its count, byte or age bound."}, func() float64 { return float64(c.ring.Stats().Evicted) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_at_master", Help: "Requests sent to the master and not yet answered."}, func() float64 { _, _, n, _ := c.table.snapshot(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "dedup_entries", Help: "Requests remembered by the dedup table."}, func() float64 { _, n, _, _ := c.table.snapshot(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_queued", Help: "Requests waiting at the core for a slot at the master (bounded by the dedup table: 100,000 entries, 256 MiB)."}, func() float64 { n, _ := c.table.queue(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_queued_bytes", Help: "Bytes of the requests waiting for a slot at the master."}, func() float64 { _, b := c.table.queue(); return float64(b) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "dedup_reply_bytes", Help: "Bytes of replies cached until their edge confirms them."}, func() float64 { _, _, _, b := c.table.snapshot(); return float64(b) }),
 	}
 	m.bulkWaits = counter("bulk_replies_waited_total", "Large replies (over 64 KiB) that waited for their turn at their edge connection's gate (--bulk-in-flight-bytes).")
@@ -60,6 +62,7 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "bulk_bytes_waiting", Help: "Bytes of the large replies waiting at the gates."}, func() float64 { return float64(c.bulkStats().WaitingBytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "bulk_bytes_in_flight", Help: "Bytes of large replies admitted by the gates and not yet confirmed by their edge (at most --bulk-in-flight-bytes per connection, or one reply)."}, func() float64 { return float64(c.bulkStats().InFlight) }),
 	}
+	m.requests.WithLabelValues("expired") // shown at 0 before the first, like the others once seen
 	if reg != nil {
 		reg.MustRegister(m.bulkWaits, m.repliesUnconfirmed)
 		reg.MustRegister(bulkGauges...)

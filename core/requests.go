@@ -1,7 +1,9 @@
 package core
 
 import (
+	"container/list"
 	"encoding/binary"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -26,61 +28,106 @@ const (
 )
 
 // pending is one request known to the core. Its fields are guarded by the table's mutex;
-// done is closed once reply or refusal is set.
+// done is closed once reply or refusal is set, after the mutex is released.
 type pending struct {
 	key     reqKey
 	ticket  uint64 // routing frame towards the master
 	frames  [][]byte
+	size    int64 // bytes of frames while queued
 	state   reqState
 	reply   [][]byte
 	refusal wire.Refused
 	done    chan struct{}
 	created time.Time
+	staleAt time.Time     // a request still queued then is refused as stale
+	queued  *list.Element // in table.fifo while state == stateQueued
 	sentAt  time.Time
 }
 
 // TableLimits bound the dedup table.
 type TableLimits struct {
-	Entries    int           // requests remembered (in flight, cached or tombstoned)
+	Entries    int           // requests remembered (queued, in flight, cached or tombstoned)
 	ReplyBytes int64         // bytes of cached replies
-	TTL        time.Duration // how long a request is remembered, so a re-send after an outage is recognised
+	QueueBytes int64         // bytes of requests waiting for a slot at the master; 0: DefaultQueueBytes
+	TTL        time.Duration // how long a request is remembered, so a re-send after an outage is recognised; also the longest a request may wait for the master
 }
+
+// DefaultQueueBytes bounds the bytes of requests waiting at the core for a slot at
+// the master (the count is bounded by TableLimits.Entries).
+const DefaultQueueBytes = 256 << 20
 
 // table is the core's dedup table: each request ID reaches the master at most once,
 // and its reply is kept until the edge confirms it, so a re-send after a lost
 // connection gets the same reply instead of a second trip to the master.
+//
+// It also holds the queue towards the master: fifo, under the same mutex, so the
+// queue is bounded by the table's own bounds and a request leaves it the moment it
+// is cancelled, expires or is refused. No channel operation happens under mu (a
+// full or unread channel would stall the table, the sweeper, /status and
+// /metrics with it): the sender is woken through kick after the unlock, and done
+// channels are closed after the unlock too (see unlock).
 type table struct {
 	limits TableLimits
 	now    func() time.Time
+	kick   chan struct{} // capacity 1: "the queue may have something", sent without blocking
 
-	mu         sync.Mutex
-	byKey      map[reqKey]*pending
-	byTicket   map[uint64]*pending
-	nextTicket uint64
-	replyBytes int64
-	queue      chan *pending // to the master sender; capacity = Entries, so sends never block
-	stats      tableStats
+	mu          sync.Mutex
+	byKey       map[reqKey]*pending
+	byTicket    map[uint64]*pending
+	nextTicket  uint64
+	replyBytes  int64
+	fifo        list.List // of *pending waiting for a slot at the master, oldest first
+	queuedBytes int64
+	stats       tableStats
+	staleUnsaid int // stale refusals not yet returned by sweep
+
+	// Set under mu, acted on by unlock once mu is released.
+	toClose []*pending
+	toKick  bool
 }
 
 type tableStats struct {
-	Accepted, Duplicates, Busy, Cancelled, TimedOut, LateReplies, ReplyEvictions, Expired uint64
+	Accepted, Duplicates, Busy, QueueFull, Cancelled, TimedOut, Stale, LateReplies, ReplyEvictions, Expired uint64
 }
 
 func newTable(l TableLimits) *table {
+	if l.QueueBytes == 0 {
+		l.QueueBytes = DefaultQueueBytes
+	}
 	return &table{
 		limits:   l,
 		now:      time.Now,
+		kick:     make(chan struct{}, 1),
 		byKey:    make(map[reqKey]*pending),
 		byTicket: make(map[uint64]*pending),
-		queue:    make(chan *pending, l.Entries),
+	}
+}
+
+// unlock releases mu, then closes the done channels and wakes the sender as the
+// locked section decided. Every method that locks mu releases it with unlock.
+func (t *table) unlock() {
+	closing, kick := t.toClose, t.toKick
+	t.toClose, t.toKick = nil, false
+	t.mu.Unlock()
+	for _, p := range closing {
+		close(p.done)
+	}
+	if kick {
+		select {
+		case t.kick <- struct{}{}:
+		default: // a wake-up is pending already; the sender drains the queue on it
+		}
 	}
 }
 
 // submit registers a request, or finds the one already registered under its key.
-// busy reports a full table: the request is refused and the minion's own retry covers it.
-func (t *table) submit(key reqKey, frames [][]byte) (p *pending, duplicate, busy bool) {
+// busy reports a full table or queue: the request is refused and the minion's own
+// retry covers it. maxAge is how much longer the request is of use (the edge's class
+// policy); the core caps it at the table's TTL, and 0 means that cap alone.
+func (t *table) submit(key reqKey, frames [][]byte, maxAge time.Duration) (p *pending, duplicate, busy bool) {
+	now := t.now()
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	if p := t.byKey[key]; p != nil {
 		t.stats.Duplicates++
 		return p, true, false
@@ -89,33 +136,75 @@ func (t *table) submit(key reqKey, frames [][]byte) (p *pending, duplicate, busy
 		t.stats.Busy++
 		return nil, false, true
 	}
+	size := int64(wire.Size(frames))
+	// A request larger than the whole byte bound still passes an empty queue, or it
+	// could never be served; the bound is exceeded by that one request at most.
+	if t.fifo.Len() > 0 && t.queuedBytes+size > t.limits.QueueBytes {
+		t.stats.Busy++
+		t.stats.QueueFull++
+		return nil, false, true
+	}
+	life := t.limits.TTL
+	if maxAge > 0 && maxAge < life {
+		life = maxAge
+	}
 	t.nextTicket++
-	p = &pending{key: key, ticket: t.nextTicket, frames: frames, done: make(chan struct{}), created: t.now()}
+	p = &pending{key: key, ticket: t.nextTicket, frames: frames, size: size, done: make(chan struct{}),
+		created: now, staleAt: now.Add(life)}
 	t.byKey[key] = p
 	t.byTicket[p.ticket] = p
+	p.queued = t.fifo.PushBack(p)
+	t.queuedBytes += size
 	t.stats.Accepted++
-	t.queue <- p
+	t.toKick = true
 	return p, false, false
 }
 
-// take marks a queued request as sent to the master. It returns false for a
-// request that was cancelled or refused while it waited.
-func (t *table) take(p *pending) bool {
+// next takes the oldest queued request for the master and marks it sent, or
+// returns nil when nothing is queued. A request past its age budget is refused on
+// the way, never sent. The caller holds a slot at the master for the request.
+func (t *table) next() (p *pending, frames [][]byte) {
+	now := t.now()
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if p.state != stateQueued {
-		return false
+	defer t.unlock()
+	for e := t.fifo.Front(); e != nil; e = t.fifo.Front() {
+		p := e.Value.(*pending)
+		if now.After(p.staleAt) {
+			t.staleLocked(p)
+			continue
+		}
+		t.dequeueLocked(p)
+		p.state = stateAtMaster
+		p.sentAt = now
+		// The master gets it once: it is never sent again, so its bytes are not kept.
+		frames, p.frames = p.frames, nil
+		return p, frames
 	}
-	p.state = stateAtMaster
-	p.sentAt = t.now()
-	return true
+	return nil, nil
+}
+
+// dequeueLocked takes p out of the queue towards the master, if it is there.
+func (t *table) dequeueLocked(p *pending) {
+	if p.queued == nil {
+		return
+	}
+	t.fifo.Remove(p.queued)
+	p.queued = nil
+	t.queuedBytes -= p.size
+}
+
+// staleLocked refuses a queued request that has waited longer than its age budget.
+func (t *table) staleLocked(p *pending) {
+	t.refuseLocked(p, wire.RefusedStale, "waited at the core longer than its edge allowed (its class's max age): the master is slow or unreachable")
+	t.stats.Stale++
+	t.staleUnsaid++
 }
 
 // complete records the master's reply for a routing ticket. It returns false for a
 // reply nobody waits for any more (timed out, or after a core restart).
 func (t *table) complete(ticket uint64, reply [][]byte) bool {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	p := t.byTicket[ticket]
 	if p == nil || p.state != stateAtMaster {
 		t.stats.LateReplies++
@@ -127,14 +216,14 @@ func (t *table) complete(ticket uint64, reply [][]byte) bool {
 	p.frames = nil
 	t.replyBytes += int64(wire.Size(reply))
 	t.evictRepliesLocked()
-	close(p.done)
+	t.toClose = append(t.toClose, p)
 	return true
 }
 
 // fail ends a request at the master without a reply (the reply was unusable).
 func (t *table) fail(ticket uint64, code byte, reason string) bool {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	p := t.byTicket[ticket]
 	if p == nil || p.state != stateAtMaster {
 		return false
@@ -171,7 +260,7 @@ func (t *table) evictRepliesLocked() {
 // delivered records the edge's confirmation: the reply is no longer needed.
 func (t *table) delivered(key reqKey) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	p := t.byKey[key]
 	if p == nil || p.state != stateReplied {
 		return
@@ -181,22 +270,24 @@ func (t *table) delivered(key reqKey) {
 	p.state = stateDelivered
 }
 
-// refuseLocked ends a request without a reply.
+// refuseLocked ends a request without a reply. A queued request leaves the queue
+// at once, so what the queue holds is only what may still go to the master.
 func (t *table) refuseLocked(p *pending, code byte, reason string) {
+	t.dequeueLocked(p)
 	if p.ticket != 0 {
 		delete(t.byTicket, p.ticket)
 	}
 	p.frames = nil
 	p.state = stateRefused
 	p.refusal = wire.Refused{ID: p.key.id, Code: code, Reason: reason}
-	close(p.done)
+	t.toClose = append(t.toClose, p)
 }
 
 // cancel withdraws a request that has not reached the master. An unknown key is
 // remembered as cancelled, so a late copy of it can never reach the master either.
 func (t *table) cancel(key reqKey) (result byte) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	p := t.byKey[key]
 	switch {
 	case p == nil:
@@ -225,7 +316,7 @@ func (t *table) cancel(key reqKey) (result byte) {
 // result returns what an edge waiting on p gets.
 func (t *table) result(p *pending) (reply [][]byte, refusal *wire.Refused) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	switch p.state {
 	case stateReplied:
 		return p.reply, nil
@@ -237,14 +328,18 @@ func (t *table) result(p *pending) (reply [][]byte, refusal *wire.Refused) {
 	}
 }
 
-// sweep times out requests the master did not answer and forgets old entries.
-// It returns how many requests at the master timed out, so their slots are freed.
-func (t *table) sweep(masterTimeout time.Duration) (timedOut int) {
+// sweep times out requests the master did not answer, refuses queued requests
+// past their age budget, and forgets old entries. It returns how many requests at
+// the master timed out, so their slots are freed, and how many queued requests
+// were refused as stale since the last sweep (here or by next).
+func (t *table) sweep(masterTimeout time.Duration) (timedOut, stale int) {
 	now := t.now()
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	for key, p := range t.byKey {
 		switch {
+		case p.state == stateQueued && now.After(p.staleAt):
+			t.staleLocked(p)
 		case p.state == stateAtMaster && now.Sub(p.sentAt) > masterTimeout:
 			t.refuseLocked(p, wire.RefusedTimeout, "the master did not answer in time")
 			t.stats.TimedOut++
@@ -257,13 +352,14 @@ func (t *table) sweep(masterTimeout time.Duration) (timedOut int) {
 			t.stats.Expired++
 		}
 	}
-	return timedOut
+	stale, t.staleUnsaid = t.staleUnsaid, 0
+	return timedOut, stale
 }
 
 // shutdown refuses everything still waiting, so no edge stream waits forever.
 func (t *table) shutdown() {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	for _, p := range t.byKey {
 		if p.state == stateQueued || p.state == stateAtMaster {
 			t.refuseLocked(p, wire.RefusedShutdown, "the core is stopping")
@@ -276,7 +372,7 @@ func (t *table) shutdown() {
 // master, so it only goes down.
 func (t *table) unconfirmed() int {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	n := 0
 	for _, p := range t.byKey {
 		if p.state == stateAtMaster || p.state == stateReplied {
@@ -286,9 +382,16 @@ func (t *table) unconfirmed() int {
 	return n
 }
 
+// queue returns how many requests wait for a slot at the master, and their bytes.
+func (t *table) queue() (n int, bytes int64) {
+	t.mu.Lock()
+	defer t.unlock()
+	return t.fifo.Len(), t.queuedBytes
+}
+
 func (t *table) snapshot() (s tableStats, entries, atMaster int, replyBytes int64) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	for _, p := range t.byKey {
 		if p.state == stateAtMaster {
 			atMaster++
@@ -308,4 +411,42 @@ func parseTicket(b []byte) (uint64, bool) {
 
 func sortByCreated(ps []*pending) {
 	slices.SortFunc(ps, func(a, b *pending) int { return a.created.Compare(b.created) })
+}
+
+// staleLogEvery spaces the summary lines of stale refusals: an outage of the master
+// can expire thousands of requests a second, and one line per request would bury
+// everything else.
+const staleLogEvery = 10 * time.Second
+
+// staleLog summarises stale refusals in one warning per period at most. Only the
+// sweeper uses it.
+type staleLog struct {
+	log   *slog.Logger
+	every time.Duration
+	n     int       // refused since the last line
+	since time.Time // first of them
+	last  time.Time // last line
+	queue func() (int, int64)
+}
+
+func (s *staleLog) add(n int, now time.Time) {
+	if n > 0 {
+		if s.n == 0 {
+			s.since = now
+		}
+		s.n += n
+	}
+	if s.n > 0 && now.Sub(s.last) >= s.every {
+		s.flush(now)
+	}
+}
+
+func (s *staleLog) flush(now time.Time) {
+	if s.n == 0 {
+		return
+	}
+	queued, _ := s.queue()
+	s.log.Warn("requests refused as stale: they waited at the core for a slot at the master longer than their edge allowed (their class's max age, at most --dedup-ttl); the master is slow or unreachable: check its ret port and salt_broker_core_requests_at_master. The minions retry by themselves",
+		"count", s.n, "over", now.Sub(s.since).Round(time.Second), "still_queued", queued)
+	s.n, s.last = 0, now
 }
