@@ -28,10 +28,12 @@ func (c *Config) Validate() error {
 		setting.Positive("--ring-age", c.Ring.Age),
 		setting.AtLeast("--max-in-flight", c.MaxInFlight, 1),
 		setting.Positive("--dedup-ttl", c.Table.TTL),
+		setting.Positive("--write-timeout", c.WriteTimeout),
+		setting.AtLeast("--bulk-in-flight-bytes", c.BulkInFlightBytes, 1), // a reply alone always passes
 
 		setting.AtLeast(f+"Table.Entries", c.Table.Entries, 1),
 		setting.AtLeast(f+"Table.ReplyBytes", c.Table.ReplyBytes, 1),
+		setting.NotNegative(f+"Table.QueueBytes", c.Table.QueueBytes, "the default"), // a request alone always passes
 		setting.Positive(f+"MasterTimeout", c.MasterTimeout),
-		setting.Positive(f+"WriteTimeout", c.WriteTimeout),
 	}, setting.Tunnel(f+"Tunnel", c.Tunnel))
 }

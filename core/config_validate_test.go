@@ -23,7 +23,9 @@ func TestConfigValidate(t *testing.T) {
 		value string
 	}{
 		{"defaults", func(*Config) {}, "", ""},
-		{"zeros are defaults", func(c *Config) { c.MaxInFlight, c.Ring.Count, c.Table.TTL = 0, 0, 0 }, "", ""},
+		{"zeros are defaults", func(c *Config) {
+			c.MaxInFlight, c.Ring.Count, c.Table.TTL, c.WriteTimeout, c.BulkInFlightBytes = 0, 0, 0, 0, 0
+		}, "", ""},
 		{"no drain", func(c *Config) { c.DrainTimeout = -1 }, "", ""},
 		{"ring as large as a message", func(c *Config) { c.MaxMessageSize, c.Ring.Bytes = 1000, 1000 }, "", ""},
 		{"pub port negative", func(c *Config) { c.MasterPubPort = -1 }, "--master-pub-port", "-1"},
@@ -39,7 +41,9 @@ func TestConfigValidate(t *testing.T) {
 		{"table entries", func(c *Config) { c.Table.Entries = -1 }, "core.Config.Table.Entries", "-1"},
 		{"table reply bytes", func(c *Config) { c.Table.ReplyBytes = -1 }, "core.Config.Table.ReplyBytes", "-1"},
 		{"master timeout", func(c *Config) { c.MasterTimeout = -time.Second }, "core.Config.MasterTimeout", "-1s"},
-		{"write timeout", func(c *Config) { c.WriteTimeout = -time.Second }, "core.Config.WriteTimeout", "-1s"},
+		{"write timeout", func(c *Config) { c.WriteTimeout = -time.Second }, "--write-timeout", "-1s"},
+		{"bulk in flight", func(c *Config) { c.BulkInFlightBytes = -1 }, "--bulk-in-flight-bytes", "-1"},
+		{"table queue bytes", func(c *Config) { c.Table.QueueBytes = -1 }, "core.Config.Table.QueueBytes", "-1"},
 		{"tunnel streams", func(c *Config) { c.Tunnel.MaxIncomingStreams = -1 }, "core.Config.Tunnel.MaxIncomingStreams", "-1"},
 		{"tunnel keepalive past idle", func(c *Config) { c.Tunnel.KeepAlivePeriod, c.Tunnel.IdleTimeout = 30*time.Second, 30*time.Second }, "core.Config.Tunnel.KeepAlivePeriod", "30s"},
 	}

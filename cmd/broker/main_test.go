@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/urfave/cli/v2"
+
 	"github.com/salt-broker/salt-broker/internal/setting"
 )
 
@@ -159,6 +161,8 @@ func TestBadSettingsAreRefused(t *testing.T) {
 		{coreBase, "--drain-timeout", []string{"-1s", notDuration}},
 		{coreBase, "--dedup-ttl", []string{"-1s", notDuration}},
 		{coreBase, "--max-message-size", []string{"-1", "2147483648", notInt}},
+		{coreBase, "--write-timeout", []string{"-1s", notDuration}},
+		{coreBase, "--bulk-in-flight-bytes", []string{"-1", notInt}},
 
 		{edgeBase, "--pub-port", []string{"-1", "65536", notInt}},
 		{edgeBase, "--ret-port", []string{"-1", "65536", notInt}},
@@ -173,6 +177,22 @@ func TestBadSettingsAreRefused(t *testing.T) {
 		{edgeBase, "--max-minions", []string{"-1", notInt}},
 		{edgeBase, "--max-message-size", []string{"-1", "2147483648", notInt}},
 	}
+	// Every numeric and duration flag has its row: a new flag without one fails here.
+	covered := map[string]bool{}
+	for _, b := range bad {
+		covered[b.base[0]+" "+b.flag] = true
+	}
+	for _, cmd := range []*cli.Command{coreCommand(), edgeCommand()} {
+		for _, f := range cmd.Flags {
+			switch f.(type) {
+			case *cli.IntFlag, *cli.Int64Flag, *cli.UintFlag, *cli.Uint64Flag, *cli.DurationFlag, *cli.Float64Flag:
+				if name := cmd.Name + " --" + f.Names()[0]; !covered[name] {
+					t.Errorf("broker %s has no bad values in this test", name)
+				}
+			}
+		}
+	}
+
 	for _, b := range bad {
 		for _, v := range b.values {
 			t.Run(b.base[0]+b.flag+"="+v, func(t *testing.T) {
@@ -247,7 +267,7 @@ func TestGoodSettingsStart(t *testing.T) {
 	}{
 		{append(append([]string{"core", "--config", cfg, "--listen", "127.0.0.1:0", "--admin", ""}, coreTLS...),
 			zero("--master-pub-port", "--master-ret-port", "--ring-count", "--ring-bytes", "--ring-age", "--max-in-flight",
-				"--drain-timeout", "--dedup-ttl", "--max-message-size")...), "core started"},
+				"--drain-timeout", "--dedup-ttl", "--max-message-size", "--write-timeout", "--bulk-in-flight-bytes")...), "core started"},
 		{append(append([]string{"edge", "--core", "127.0.0.1:1", "--bind", "127.0.0.1", "--pub-port", freePort(t),
 			"--ret-port", freePort(t), "--admin", ""}, edgeTLS...),
 			zero("--quic-probe-interval", "--max-pending", "--max-pending-bytes", "--auth-max-age", "--request-max-age", "--retry-window",
