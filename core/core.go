@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -117,9 +118,11 @@ type Core struct {
 	// Closed when the core starts to stop: no request goes to the master after it.
 	draining chan struct{}
 	metrics  *metrics
+	master   atomic.Pointer[masterLink] // set while runMaster runs
 
-	mu    sync.Mutex
-	edges map[*edgeConn]struct{}
+	mu       sync.Mutex
+	edges    map[*edgeConn]struct{}
+	sessions map[uint64]sessionOwner // edge sessions with a connection open, by EdgeSession
 }
 
 // New binds the tunnel listener, so the address is known before Run.
@@ -143,7 +146,7 @@ func New(cfg Config) (*Core, error) {
 		ring:  newRing(cfg.Ring),
 		table: newTable(cfg.Table),
 		slots: make(chan struct{}, cfg.MaxInFlight), draining: make(chan struct{}),
-		edges: make(map[*edgeConn]struct{}),
+		edges: make(map[*edgeConn]struct{}), sessions: make(map[uint64]sessionOwner),
 	}
 	c.metrics = newMetrics(c, cfg.Registry)
 	return c, nil
@@ -166,7 +169,12 @@ func (c *Core) Run(ctx context.Context) error {
 		"master_ret", endpoint(c.cfg.MasterHost, c.cfg.MasterRetPort), "epoch", c.epoch)
 
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = c.runMaster(runCtx) })
+	masterFailed := make(chan error, 1)
+	wg.Go(func() {
+		if err := c.runMaster(runCtx); err != nil {
+			masterFailed <- err
+		}
+	})
 	wg.Go(func() { c.runSweeper(runCtx) })
 
 	var sessions sync.WaitGroup
@@ -184,10 +192,16 @@ func (c *Core) Run(ctx context.Context) error {
 			sessions.Go(func() { c.serveEdge(runCtx, sess) })
 		}
 	})
+	var err error
 	select {
 	case <-ctx.Done():
 		c.drain()
 	case <-accepting:
+	case err = <-masterFailed:
+		// Without its master sockets the core can serve nothing: stop, and let the
+		// service manager restart it.
+		c.log.Error("the master link could not start; stopping", "err", err)
+		err = fmt.Errorf("master link: %w", err)
 	}
 	cancel()
 	<-accepting
@@ -196,7 +210,7 @@ func (c *Core) Run(ctx context.Context) error {
 	sessions.Wait()
 	wg.Wait()
 	c.log.Info("core stopped")
-	return nil
+	return err
 }
 
 // drain waits, at most DrainTimeout, until the master has answered every request in

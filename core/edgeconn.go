@@ -25,13 +25,35 @@ const (
 type edgeConn struct {
 	c    *Core
 	sess tunnel.Session
-	log  *slog.Logger
+	base *slog.Logger // until the hello names the edge session
 
-	helloDone chan struct{}
-	hello     wire.Hello // set before helloDone is closed
-	cursor    atomic.Uint64
+	// The hello happens once per connection: the first control stream claims it,
+	// whatever other streams a misbehaving edge opens at the same time.
+	helloClaimed atomic.Bool
+	helloDone    chan struct{}             // closed once peer is set
+	peer         atomic.Pointer[edgePeer] // set once, by the hello
+	cursor       atomic.Uint64
 
 	bulk tunnel.Gate // large replies in flight on this connection, in turn (gate.go)
+}
+
+// edgePeer is what the hello established: which edge session this connection
+// carries, bound to the certificate that presented it.
+type edgePeer struct {
+	hello wire.Hello
+	key   sessionKey
+	log   *slog.Logger
+}
+
+// said returns the edge session once the hello is done, else nil.
+func (e *edgeConn) said() *edgePeer { return e.peer.Load() }
+
+// logger is the connection's logger, naming the edge session once it is known.
+func (e *edgeConn) logger() *slog.Logger {
+	if p := e.said(); p != nil {
+		return p.log
+	}
+	return e.base
 }
 
 func (c *Core) serveEdge(ctx context.Context, sess tunnel.Session) {
@@ -40,7 +62,7 @@ func (c *Core) serveEdge(ctx context.Context, sess tunnel.Session) {
 	e := &edgeConn{
 		c:         c,
 		sess:      sess,
-		log:       c.log.With("edge", sess.PeerName(), "remote", sess.RemoteAddr(), "transport", sess.Transport()),
+		base:      c.log.With("edge", sess.PeerName(), "remote", sess.RemoteAddr(), "transport", sess.Transport()),
 		helloDone: make(chan struct{}),
 	}
 	c.mu.Lock()
@@ -52,30 +74,54 @@ func (c *Core) serveEdge(ctx context.Context, sess tunnel.Session) {
 		delete(c.edges, e)
 		c.mu.Unlock()
 		c.metrics.edges.Dec()
+		if p := e.said(); p != nil {
+			c.releaseSession(p.key)
+		}
 	}()
-	e.log.Debug("edge connection accepted")
+	e.base.Debug("edge connection accepted")
 
 	var streams sync.WaitGroup
 	defer streams.Wait()
 	defer cancel()
-	go func() {
-		<-ctx.Done()
-		_ = sess.CloseWithError("core closing the connection")
-	}()
+	stopClose := context.AfterFunc(ctx, func() { _ = sess.CloseWithError("core closing the connection") })
+	defer stopClose()
 	for {
 		st, err := sess.AcceptStream(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
-				e.log.Info("edge connection ended", "reason", context.Cause(sess.Context()))
+				e.logger().Info("edge connection ended", "reason", context.Cause(sess.Context()))
 			}
 			return
 		}
 		streams.Go(func() {
-			if err := e.serveStream(ctx, st); err != nil && ctx.Err() == nil && sess.Context().Err() == nil {
-				e.log.Warn("edge stream failed; closing that stream", "err", err)
+			err := e.serveStream(ctx, st)
+			var pe *protocolError
+			if errors.As(err, &pe) {
+				c.metrics.protocolErrors.WithLabelValues(pe.kind).Inc()
+			}
+			if err != nil && ctx.Err() == nil && sess.Context().Err() == nil {
+				e.logger().Warn("edge stream failed; closing that stream", "err", err)
 			}
 		})
 	}
+}
+
+// protocolError is an edge breaking the tunnel protocol on one stream: that stream
+// is closed, counted by kind, and the rest of the connection carries on.
+type protocolError struct {
+	kind string // the metric label
+	err  error
+}
+
+func (p *protocolError) Error() string { return p.err.Error() }
+func (p *protocolError) Unwrap() error { return p.err }
+
+// Kinds of protocol errors, each counted in salt_broker_core_tunnel_protocol_errors_total.
+var protocolErrorKinds = []string{"bad_record", "unexpected_record", "before_hello", "bad_hello", "second_hello",
+	"bad_control", "bad_subscribe", "bad_request", "bad_cancel"}
+
+func protoErr(kind string, format string, args ...any) error {
+	return &protocolError{kind: kind, err: fmt.Errorf(format, args...)}
 }
 
 func (e *edgeConn) serveStream(ctx context.Context, st tunnel.Stream) error {
@@ -84,13 +130,19 @@ func (e *edgeConn) serveStream(ctx context.Context, st tunnel.Stream) error {
 	stop := context.AfterFunc(ctx, func() { _ = st.Close() })
 	defer stop()
 
-	rd := wire.NewReader(st, e.c.maxRecord())
-	_ = st.SetReadDeadline(time.Now().Add(helloTimeout))
+	// The first record may be a large request on a slow link: it is cut only when no
+	// byte of it arrives for helloTimeout, never for taking long.
+	first := tunnel.NewIdleReader(st, helloTimeout, false)
+	rd := wire.NewReader(first, e.c.maxRecord())
 	typ, body, err := rd.Next()
+	first.Stop() // later records set their own deadlines
 	if errors.Is(err, wire.ErrTooLarge) && typ == wire.TRequest {
 		id := wire.NewDecoder(body[:min(8, len(body))]).U64()
 		e.c.metrics.requests.WithLabelValues("too_large").Inc()
 		return e.write(st, wire.TRefused, wire.Refused{ID: id, Code: wire.RefusedTooLarge, Reason: "request larger than the core's --max-message-size"}.Encode())
+	}
+	if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
+		return protoErr("bad_record", "read the stream's first record: %w", err)
 	}
 	if err != nil {
 		return fmt.Errorf("read the stream's first record: %w", err)
@@ -99,69 +151,93 @@ func (e *edgeConn) serveStream(ctx context.Context, st tunnel.Stream) error {
 	if typ == wire.THello {
 		return e.serveControl(st, rd, body)
 	}
-	if !e.waitHello(ctx) {
-		return fmt.Errorf("%s stream before the hello: %w", typ, wire.ErrMalformed)
+	switch typ {
+	case wire.TSubscribe, wire.TRequest, wire.TCancel:
+	default:
+		return protoErr("unexpected_record", "unexpected %s record opening a stream: %w", typ, wire.ErrMalformed)
+	}
+	peer := e.waitHello(ctx)
+	if peer == nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return protoErr("before_hello", "%s stream without a hello on this connection: %w", typ, wire.ErrMalformed)
 	}
 	switch typ {
 	case wire.TSubscribe:
 		return e.servePubs(ctx, st, body)
 	case wire.TRequest:
-		return e.serveRequest(ctx, st, rd, body)
-	case wire.TCancel:
-		return e.serveCancel(st, body)
+		return e.serveRequest(ctx, st, rd, peer, body)
 	default:
-		e.c.metrics.protocolErrors.Inc()
-		return fmt.Errorf("unexpected %s record opening a stream: %w", typ, wire.ErrMalformed)
+		return e.serveCancel(st, peer, body)
 	}
 }
 
-func (e *edgeConn) waitHello(ctx context.Context) bool {
+// waitHello returns the edge session once the hello is done, or nil if it is not
+// done within helloTimeout.
+func (e *edgeConn) waitHello(ctx context.Context) *edgePeer {
 	t := time.NewTimer(helloTimeout)
 	defer t.Stop()
 	select {
 	case <-e.helloDone:
-		return true
+		return e.peer.Load()
 	case <-ctx.Done():
-		return false
+		return nil
 	case <-t.C:
-		return false
+		return nil
 	}
+}
+
+// refuse ends the whole connection with the edge told why: it cannot be served.
+func (e *edgeConn) refuse(st tunnel.Stream, reason, msg string, logArgs ...any) {
+	e.c.metrics.refusedEdges.WithLabelValues(reason).Inc()
+	_ = e.write(st, wire.TReject, []byte(msg))
+	e.base.Error("edge refused", append([]any{"reason", msg}, logArgs...)...)
+	_ = e.sess.CloseWithError(msg)
 }
 
 // serveControl answers the hello, then pings and cursor acks for the session's life.
 func (e *edgeConn) serveControl(st tunnel.Stream, rd *wire.Reader, body []byte) error {
+	if !e.helloClaimed.CompareAndSwap(false, true) {
+		return protoErr("second_hello", "second hello on one connection: %w", wire.ErrMalformed)
+	}
 	h, err := wire.DecodeHello(body)
 	if err != nil {
-		e.c.metrics.protocolErrors.Inc()
-		return fmt.Errorf("decode hello: %w", err)
+		// Nothing on this connection can be served without a hello.
+		_ = e.sess.CloseWithError("malformed hello")
+		return protoErr("bad_hello", "decode hello: %w", err)
 	}
 	if h.Version != wire.Version {
-		msg := fmt.Sprintf("protocol version %d is not supported by this core (it speaks %d): upgrade the older side", h.Version, wire.Version)
-		_ = e.write(st, wire.TReject, []byte(msg))
-		e.log.Error("edge refused", "reason", msg)
-		_ = e.sess.CloseWithError(msg)
+		e.refuse(st, "version", fmt.Sprintf("protocol version %d is not supported by this core (it speaks %d): upgrade the older side", h.Version, wire.Version))
 		return nil
 	}
-	select {
-	case <-e.helloDone:
-		return fmt.Errorf("second hello on one connection: %w", wire.ErrMalformed)
-	default:
+	key := sessionKey{cert: e.sess.PeerName(), session: h.EdgeSession}
+	if holder, ok := e.c.claimSession(key); !ok {
+		e.refuse(st, "session_of_another_certificate",
+			"edge session is held by another certificate: each edge must have its own certificate and session",
+			"edge_session", fmt.Sprintf("%016x", h.EdgeSession), "held_by", holder)
+		return nil
 	}
-	e.hello = h
+	peer := &edgePeer{hello: h, key: key,
+		log: e.base.With("edge_name", h.EdgeName, "edge_session", fmt.Sprintf("%016x", h.EdgeSession))}
 	e.cursor.Store(h.PubCursor)
-	e.log = e.log.With("edge_name", h.EdgeName, "edge_session", fmt.Sprintf("%016x", h.EdgeSession))
+	e.peer.Store(peer)
+	close(e.helloDone)
+	log := peer.log
 	if err := e.write(st, wire.THelloAck, wire.HelloAck{Version: wire.Version, CoreName: e.c.cfg.Name, CoreEpoch: e.c.epoch, HeadSeq: e.c.ring.Head()}.Encode()); err != nil {
 		return fmt.Errorf("answer hello: %w", err)
 	}
-	close(e.helloDone)
-	e.log.Info("edge connected", "pub_cursor", h.PubCursor, "cursor_epoch", h.CoreEpoch, "pending_requests", h.Pending)
-	e.c.supersede(e)
+	log.Info("edge connected", "pub_cursor", h.PubCursor, "cursor_epoch", h.CoreEpoch, "pending_requests", h.Pending)
+	e.c.supersede(e, key)
 	for {
 		_ = st.SetReadDeadline(time.Now().Add(controlTimeout))
 		typ, body, err := rd.Next()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
+			}
+			if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
+				return protoErr("bad_control", "control stream: %w", err)
 			}
 			return fmt.Errorf("control stream: %w", err)
 		}
@@ -173,38 +249,66 @@ func (e *edgeConn) serveControl(st tunnel.Stream, rd *wire.Reader, body []byte) 
 		case wire.TAck:
 			v, err := wire.DecodeU64(body)
 			if err != nil {
-				return fmt.Errorf("decode ack: %w", err)
+				return protoErr("bad_control", "decode ack: %w", err)
 			}
 			e.cursor.Store(v)
 		default:
-			e.c.metrics.protocolErrors.Inc()
-			return fmt.Errorf("unexpected %s record on the control stream: %w", typ, wire.ErrMalformed)
+			return protoErr("bad_control", "unexpected %s record on the control stream: %w", typ, wire.ErrMalformed)
 		}
 	}
+}
+
+// claimSession binds an edge session to the certificate of a connection that says
+// hello with it. While any connection holds the session, a hello with the same
+// session from another certificate is refused: it is an edge impersonating another
+// (or two edges sharing one session file), and either way not to be served.
+func (c *Core) claimSession(k sessionKey) (holder string, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	o := c.sessions[k.session]
+	if o.conns > 0 && o.cert != k.cert {
+		return o.cert, false
+	}
+	c.sessions[k.session] = sessionOwner{cert: k.cert, conns: o.conns + 1}
+	return "", true
+}
+
+func (c *Core) releaseSession(k sessionKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	o := c.sessions[k.session]
+	if o.cert != k.cert {
+		return
+	}
+	if o.conns--; o.conns <= 0 {
+		delete(c.sessions, k.session)
+	} else {
+		c.sessions[k.session] = o
+	}
+}
+
+// sessionOwner is the certificate holding an edge session, and how many of its
+// connections are open.
+type sessionOwner struct {
+	cert  string
+	conns int
 }
 
 // supersede closes the older connections of e's edge session. An edge says hello
 // only on the connection it chose, so an older one is dead or left behind; kept
 // until its idle timeout, its publication stream would run on into the ring and
 // report gaps its edge never had, and its requests would wait on nobody.
-func (c *Core) supersede(e *edgeConn) {
+func (c *Core) supersede(e *edgeConn, key sessionKey) {
 	var old []*edgeConn
 	c.mu.Lock()
 	for o := range c.edges {
-		if o == e {
-			continue
-		}
-		select {
-		case <-o.helloDone:
-			if o.hello.EdgeSession == e.hello.EdgeSession {
-				old = append(old, o)
-			}
-		default:
+		if p := o.said(); o != e && p != nil && p.key == key {
+			old = append(old, o)
 		}
 	}
 	c.mu.Unlock()
 	for _, o := range old {
-		o.log.Info("closing this edge's previous connection: it has connected again")
+		o.logger().Info("closing this edge's previous connection: it has connected again")
 		_ = o.sess.CloseWithError("superseded by a newer connection of this edge")
 	}
 }
@@ -236,10 +340,10 @@ func (e *edgeConn) startCursor(s wire.Subscribe) (cursor uint64, why string) {
 func (e *edgeConn) servePubs(ctx context.Context, st tunnel.Stream, body []byte) error {
 	sub, err := wire.DecodeSubscribe(body)
 	if err != nil {
-		return fmt.Errorf("decode subscribe: %w", err)
+		return protoErr("bad_subscribe", "decode subscribe: %w", err)
 	}
 	cursor, why := e.startCursor(sub)
-	e.log.Info("publication stream started", "from_seq", cursor+1, "why", why, "head_seq", e.c.ring.Head())
+	e.logger().Info("publication stream started", "from_seq", cursor+1, "why", why, "head_seq", e.c.ring.Head())
 	// Tell the edge where this stream starts, in this core's epoch.
 	if err := e.write(st, wire.TSubscribe, wire.Subscribe{CoreEpoch: e.c.epoch, Cursor: cursor}.Encode()); err != nil {
 		return fmt.Errorf("answer subscribe: %w", err)
@@ -250,7 +354,7 @@ func (e *edgeConn) servePubs(ctx context.Context, st tunnel.Stream, body []byte)
 		buf = buf[:0]
 		if gap != nil {
 			n := gap.To - gap.From + 1
-			e.log.Warn("publications lost: they left the replay ring before this edge could take them; raise --ring-* limits if this edge's outages are longer",
+			e.logger().Warn("publications lost: they left the replay ring before this edge could take them; raise --ring-* limits if this edge's outages are longer",
 				"from_seq", gap.From, "to_seq", gap.To, "count", n)
 			e.c.metrics.gapPubs.Add(float64(n))
 			buf = wire.Append(buf, wire.TGap, gap.Encode())
@@ -278,22 +382,21 @@ func (e *edgeConn) servePubs(ctx context.Context, st tunnel.Stream, body []byte)
 
 // serveRequest takes one request, waits for its reply (from the master, or the cache
 // when this is a re-send), returns it and waits for the edge to confirm.
-func (e *edgeConn) serveRequest(ctx context.Context, st tunnel.Stream, rd *wire.Reader, body []byte) error {
+func (e *edgeConn) serveRequest(ctx context.Context, st tunnel.Stream, rd *wire.Reader, peer *edgePeer, body []byte) error {
 	req, err := wire.DecodeRequest(body)
 	if err != nil {
-		e.c.metrics.protocolErrors.Inc()
-		return fmt.Errorf("decode request: %w", err)
+		return protoErr("bad_request", "decode request: %w", err)
 	}
 	if wire.Size(req.Frames) > e.c.cfg.MaxMessageSize {
 		e.c.metrics.requests.WithLabelValues("too_large").Inc()
 		return e.write(st, wire.TRefused, wire.Refused{ID: req.ID, Code: wire.RefusedTooLarge, Reason: "request larger than the core's --max-message-size"}.Encode())
 	}
-	key := reqKey{edgeSession: e.hello.EdgeSession, id: req.ID}
+	key := reqKey{sess: peer.key, id: req.ID}
 	p, dup, busy := e.c.table.submit(key, wire.CloneFrames(req.Frames), req.MaxQueueAge)
 	switch {
 	case busy:
 		e.c.metrics.requests.WithLabelValues("busy").Inc()
-		e.log.Warn("request refused: the dedup table is full; the minion will retry", "limit", e.c.cfg.Table.Entries)
+		e.logger().Warn("request refused: the dedup table is full; the minion will retry", "limit", e.c.cfg.Table.Entries)
 		return e.write(st, wire.TRefused, wire.Refused{ID: req.ID, Code: wire.RefusedBusy, Reason: "core request table full"}.Encode())
 	case dup:
 		e.c.metrics.requests.WithLabelValues("resent").Inc()
@@ -337,11 +440,11 @@ func (e *edgeConn) serveRequest(ctx context.Context, st tunnel.Stream, rd *wire.
 
 // serveCancel withdraws a request that has not reached the master yet (the edge
 // does this when a minion's own retry replaced it).
-func (e *edgeConn) serveCancel(st tunnel.Stream, body []byte) error {
+func (e *edgeConn) serveCancel(st tunnel.Stream, peer *edgePeer, body []byte) error {
 	id, err := wire.DecodeU64(body)
 	if err != nil {
-		return fmt.Errorf("decode cancel: %w", err)
+		return protoErr("bad_cancel", "decode cancel: %w", err)
 	}
-	res := e.c.table.cancel(reqKey{edgeSession: e.hello.EdgeSession, id: id})
+	res := e.c.table.cancel(reqKey{sess: peer.key, id: id})
 	return e.write(st, wire.TCancelReply, wire.CancelReply{ID: id, Result: res}.Encode())
 }

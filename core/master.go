@@ -22,13 +22,17 @@ import (
 // per-request timeout (the table's sweep), and COMMAND messages (PING, item 4)
 // never taken for data.
 
-const masterRetry = 500 * time.Millisecond
+const (
+	masterRetry       = 500 * time.Millisecond
+	masterSlowConnect = 10 * time.Second
+)
 
 func zmqOptions() []zmq4.Option {
 	return []zmq4.Option{
 		zmq4.WithAutomaticReconnect(true),
 		zmq4.WithDialerMaxRetries(-1),
 		zmq4.WithDialerRetry(masterRetry),
+		zmq4.WithDialerTimeout(5 * time.Second), // a blackholed master must not hold one attempt for minutes
 		zmq4.WithTimeout(10 * time.Second),
 	}
 }
@@ -37,24 +41,24 @@ func endpoint(host string, port int) string {
 	return "tcp://" + net.JoinHostPort(host, strconv.Itoa(port))
 }
 
-// dialMaster dials one endpoint, retrying until it works or ctx ends. zmq4's own
-// Dial already retries forever with these options; this only adds a log line.
-func dialMaster(ctx context.Context, sock zmq4.Socket, ep string, what string, log *slog.Logger) error {
-	log.Info("connecting to the master", "socket", what, "endpoint", ep)
-	if err := sock.Dial(ep); err != nil {
+// dialMaster dials one endpoint through its watch, retrying until it works or ctx
+// ends (zmq4's own Dial retries forever with these options). The watch logs each
+// connection and its loss.
+func dialMaster(ctx context.Context, sock zmq4.Socket, w *masterWatch, host string, port int, log *slog.Logger) error {
+	log.Info("connecting to the master", "socket", w.socket, "endpoint", endpoint(host, port))
+	if err := sock.Dial(w.endpoint(host, port)); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return fmt.Errorf("dial master %s %s: %w", what, ep, err)
+		return fmt.Errorf("dial master %s %s: %w", w.socket, endpoint(host, port), err)
 	}
-	log.Info("connected to the master", "socket", what, "endpoint", ep)
 	return nil
 }
 
 // runSub drains the master's PUB into the ring. It never waits on anything else:
 // the master drops publications silently once its pub_hwm (1000) is queued for us.
-func (c *Core) runSub(ctx context.Context, sub zmq4.Socket) error {
-	if err := dialMaster(ctx, sub, endpoint(c.cfg.MasterHost, c.cfg.MasterPubPort), "SUB", c.log); err != nil {
+func (c *Core) runSub(ctx context.Context, sub zmq4.Socket, w *masterWatch) error {
+	if err := dialMaster(ctx, sub, w, c.cfg.MasterHost, c.cfg.MasterPubPort, c.log); err != nil {
 		return err
 	}
 	errs := 0
@@ -201,6 +205,28 @@ func (c *Core) runDealerRecv(ctx context.Context, dealer zmq4.Socket) {
 
 // runMaster owns the two zmq4 sockets and their goroutines.
 func (c *Core) runMaster(ctx context.Context) error {
+	onChange := c.logMasterChange(c.log)
+	subWatch, err := newMasterWatch("SUB", onChange)
+	if err != nil {
+		return err
+	}
+	defer subWatch.close()
+	dealerWatch, err := newMasterWatch("DEALER", onChange)
+	if err != nil {
+		return err
+	}
+	defer dealerWatch.close()
+	c.master.Store(&masterLink{sub: subWatch, dealer: dealerWatch})
+	defer c.master.Store(nil)
+	// zmq4's Dial blocks until it connects: say so when that takes long.
+	slow := time.AfterFunc(masterSlowConnect, func() {
+		if !subWatch.connected() || !dealerWatch.connected() {
+			c.log.Warn("still not connected to the master; requests wait and /readyz says not ready until it is: check that salt-master runs and that --master and its ports are right",
+				"after", masterSlowConnect, "sub", subWatch.connected(), "dealer", dealerWatch.connected(),
+				"master_pub", endpoint(c.cfg.MasterHost, c.cfg.MasterPubPort), "master_ret", endpoint(c.cfg.MasterHost, c.cfg.MasterRetPort))
+		}
+	})
+	defer slow.Stop()
 	sub := zmq4.NewSub(ctx, zmqOptions()...)
 	if err := sub.SetOption(zmq4.OptionSubscribe, ""); err != nil {
 		return fmt.Errorf("subscribe to the master: %w", err)
@@ -210,13 +236,13 @@ func (c *Core) runMaster(ctx context.Context) error {
 	connected := make(chan struct{})
 	go func() {
 		defer func() { done <- struct{}{} }()
-		if err := c.runSub(ctx, sub); err != nil && !errors.Is(err, context.Canceled) {
+		if err := c.runSub(ctx, sub, subWatch); err != nil && !errors.Is(err, context.Canceled) {
 			c.log.Error("master publication link stopped", "err", err)
 		}
 	}()
 	go func() {
 		defer func() { done <- struct{}{} }()
-		if err := dialMaster(ctx, dealer, endpoint(c.cfg.MasterHost, c.cfg.MasterRetPort), "DEALER", c.log); err != nil {
+		if err := dialMaster(ctx, dealer, dealerWatch, c.cfg.MasterHost, c.cfg.MasterRetPort, c.log); err != nil {
 			return
 		}
 		close(connected)

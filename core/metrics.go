@@ -10,7 +10,9 @@ type metrics struct {
 	requests                             *prometheus.CounterVec
 	requestsToMaster, masterSendErrors   prometheus.Counter
 	badReplies, lateReplies              prometheus.Counter
-	protocolErrors                       prometheus.Counter
+	protocolErrors                       *prometheus.CounterVec
+	refusedEdges                         *prometheus.CounterVec
+	masterConnected                      *prometheus.GaugeVec
 	oversize                             *prometheus.CounterVec
 
 	bulkWaits          prometheus.Counter     // large replies that queued at their connection's gate
@@ -37,7 +39,9 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		masterSendErrors: counter("master_send_errors_total", "Requests zmq4 failed to queue towards the master."),
 		badReplies:       counter("master_bad_replies_total", "Messages from the master's ret port without our routing frame."),
 		lateReplies:      counter("master_late_replies_total", "Replies from the master after their request timed out or was forgotten."),
-		protocolErrors:   counter("tunnel_protocol_errors_total", "Tunnel streams closed because an edge sent something malformed."),
+		protocolErrors:   prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tunnel_protocol_errors_total", Help: "Tunnel streams closed because an edge broke the protocol, by kind."}, []string{"kind"}),
+		masterConnected:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "master_connected", Help: "1 while the core's socket (sub or dealer) has a TCP connection to the master."}, []string{"socket"}),
+		refusedEdges:     prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "edges_refused_total", Help: "Edge connections refused at the hello, by reason: version (protocol mismatch), session_of_another_certificate (an edge session another certificate holds)."}, []string{"reason"}),
 		oversize:         prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "oversize_total", Help: "Publications and replies from the master dropped for exceeding --max-message-size."}, []string{"kind"}),
 	}
 	ringGauges := []prometheus.Collector{
@@ -51,6 +55,15 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_queued_bytes", Help: "Bytes of the requests waiting for a slot at the master."}, func() float64 { _, b := c.table.queue(); return float64(b) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "dedup_reply_bytes", Help: "Bytes of replies cached until their edge confirms them."}, func() float64 { _, _, _, b := c.table.snapshot(); return float64(b) }),
 	}
+	m.masterConnected.WithLabelValues("sub")
+	m.masterConnected.WithLabelValues("dealer")
+	for _, k := range protocolErrorKinds {
+		m.protocolErrors.WithLabelValues(k)
+	}
+	for _, r := range []string{"version", "session_of_another_certificate"} {
+		m.refusedEdges.WithLabelValues(r)
+	}
+	m.requests.WithLabelValues("expired") // shown at 0 before the first, like the others once seen
 	m.bulkWaits = counter("bulk_replies_waited_total", "Large replies (over 64 KiB) that waited for their turn at their edge connection's gate (--bulk-in-flight-bytes).")
 	m.repliesUnconfirmed = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "replies_unconfirmed_total",
 		Help: "Replies written to an edge that did not confirm them (no done record: missing; a wrong one: malformed); each stays cached and is sent again when the edge re-sends its request."}, []string{"reason"})
@@ -62,12 +75,11 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "bulk_bytes_waiting", Help: "Bytes of the large replies waiting at the gates."}, func() float64 { return float64(c.bulkStats().WaitingBytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "bulk_bytes_in_flight", Help: "Bytes of large replies admitted by the gates and not yet confirmed by their edge (at most --bulk-in-flight-bytes per connection, or one reply)."}, func() float64 { return float64(c.bulkStats().InFlight) }),
 	}
-	m.requests.WithLabelValues("expired") // shown at 0 before the first, like the others once seen
 	if reg != nil {
 		reg.MustRegister(m.bulkWaits, m.repliesUnconfirmed)
 		reg.MustRegister(bulkGauges...)
 		reg.MustRegister(m.pubsIn, m.pubBytesIn, m.pubsOut, m.gapPubs, m.ringHead, m.edges, m.requests,
-			m.requestsToMaster, m.masterSendErrors, m.badReplies, m.lateReplies, m.protocolErrors, m.oversize)
+			m.requestsToMaster, m.masterSendErrors, m.badReplies, m.lateReplies, m.protocolErrors, m.refusedEdges, m.masterConnected, m.oversize)
 		reg.MustRegister(ringGauges...)
 	}
 	return m

@@ -11,10 +11,18 @@ import (
 	"github.com/salt-broker/salt-broker/internal/wire"
 )
 
+// sessionKey names an edge session. It is bound to the certificate that opened it:
+// a session ID is only a name the edge picked (and logs), so another certificate
+// holder presenting it must reach none of that edge's requests, replies or cancels.
+type sessionKey struct {
+	cert    string // common name of the edge's verified certificate
+	session uint64 // the EdgeSession of its hello
+}
+
 // reqKey names a request across reconnects: the edge assigns IDs within its session.
 type reqKey struct {
-	edgeSession uint64
-	id          uint64
+	sess sessionKey
+	id   uint64
 }
 
 type reqState int

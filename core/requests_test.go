@@ -27,7 +27,7 @@ func newTestTable() *table {
 
 func TestTableSendsEachIDToTheMasterOnce(t *testing.T) {
 	tb := newTestTable()
-	key := reqKey{1, 1}
+	key := reqKey{sessionKey{"edge", 1}, 1}
 	p, dup, busy := tb.submit(key, frames("req"), 0)
 	if dup || busy {
 		t.Fatal("first submit")
@@ -54,8 +54,8 @@ func TestTableSendsEachIDToTheMasterOnce(t *testing.T) {
 
 func TestTableCancel(t *testing.T) {
 	tb := newTestTable()
-	queued, _, _ := tb.submit(reqKey{1, 1}, frames("a"), 0)
-	if got := tb.cancel(reqKey{1, 1}); got != wire.CancelDone {
+	queued, _, _ := tb.submit(reqKey{sessionKey{"edge", 1}, 1}, frames("a"), 0)
+	if got := tb.cancel(reqKey{sessionKey{"edge", 1}, 1}); got != wire.CancelDone {
 		t.Fatalf("cancel queued: %d", got)
 	}
 	if p, _ := tb.next(); p != nil {
@@ -65,16 +65,16 @@ func TestTableCancel(t *testing.T) {
 		t.Fatal("cancelled request must be refused")
 	}
 	// Unknown: a tombstone, so a late copy never reaches the master either.
-	if got := tb.cancel(reqKey{1, 2}); got != wire.CancelDone {
+	if got := tb.cancel(reqKey{sessionKey{"edge", 1}, 2}); got != wire.CancelDone {
 		t.Fatalf("cancel unknown: %d", got)
 	}
-	late, dup, _ := tb.submit(reqKey{1, 2}, frames("late"), 0)
+	late, dup, _ := tb.submit(reqKey{sessionKey{"edge", 1}, 2}, frames("late"), 0)
 	if !dup || late.state != stateRefused {
 		t.Fatal("late copy of a cancelled request must be refused")
 	}
-	sent, _, _ := tb.submit(reqKey{1, 3}, frames("b"), 0)
+	sent, _, _ := tb.submit(reqKey{sessionKey{"edge", 1}, 3}, frames("b"), 0)
 	tb.next()
-	if got := tb.cancel(reqKey{1, 3}); got != wire.CancelAtMaster {
+	if got := tb.cancel(reqKey{sessionKey{"edge", 1}, 3}); got != wire.CancelAtMaster {
 		t.Fatalf("cancel at master: %d", got)
 	}
 	_ = sent
@@ -85,9 +85,9 @@ func TestTableBoundsAndTimeouts(t *testing.T) {
 	now := time.Unix(0, 0)
 	tb.now = func() time.Time { return now }
 	for i := uint64(1); i <= 4; i++ {
-		tb.submit(reqKey{1, i}, frames("x"), 0)
+		tb.submit(reqKey{sessionKey{"edge", 1}, i}, frames("x"), 0)
 	}
-	if _, _, busy := tb.submit(reqKey{1, 9}, frames("x"), 0); !busy {
+	if _, _, busy := tb.submit(reqKey{sessionKey{"edge", 1}, 9}, frames("x"), 0); !busy {
 		t.Fatal("a full table must refuse")
 	}
 	p, _ := tb.next()
@@ -113,7 +113,7 @@ func TestTableEvictsRepliesOverByteBound(t *testing.T) {
 	tb := newTestTable()
 	var ps []*pending
 	for i := uint64(1); i <= 3; i++ {
-		p, _, _ := tb.submit(reqKey{1, i}, frames("x"), 0)
+		p, _, _ := tb.submit(reqKey{sessionKey{"edge", 1}, i}, frames("x"), 0)
 		tb.next()
 		ps = append(ps, p)
 	}
@@ -134,7 +134,7 @@ func TestTableEvictsRepliesOverByteBound(t *testing.T) {
 
 func TestTableFail(t *testing.T) {
 	tb := newTestTable()
-	p, _, _ := tb.submit(reqKey{1, 1}, frames("x"), 0)
+	p, _, _ := tb.submit(reqKey{sessionKey{"edge", 1}, 1}, frames("x"), 0)
 	tb.next()
 	if !tb.fail(p.ticket, wire.RefusedTooLarge, "too large") {
 		t.Fatal("fail")
@@ -177,7 +177,7 @@ func TestTableCancelledQueuedRequestsNeverBlockIt(t *testing.T) {
 	tb.now = func() time.Time { return now }
 	boundedly(t, 10*time.Second, "submit, cancel, sweep and snapshot", func() {
 		for i := uint64(1); i <= 3*4; i++ {
-			k := reqKey{1, i}
+			k := reqKey{sessionKey{"edge", 1}, i}
 			if _, _, busy := tb.submit(k, frames("x"), 0); busy {
 				t.Errorf("request %d refused: the table holds only forgotten requests", i)
 				return
@@ -202,7 +202,7 @@ func TestTableCancelledQueuedRequestsNeverBlockIt(t *testing.T) {
 // The queue towards the master is bounded in bytes too, and a refusal is counted.
 func TestTableQueueIsBoundedInBytes(t *testing.T) {
 	tb := newTable(TableLimits{Entries: 10, ReplyBytes: 100, QueueBytes: 10, TTL: time.Minute})
-	key := func(i uint64) reqKey { return reqKey{1, i} }
+	key := func(i uint64) reqKey { return reqKey{sessionKey{"edge", 1}, i} }
 	big := [][]byte{make([]byte, 6)}
 	if _, _, busy := tb.submit(key(1), big, 0); busy {
 		t.Fatal("the first request must fit")
@@ -233,7 +233,7 @@ func TestTableQueueOrderAndWakeUp(t *testing.T) {
 	tb := newTestTable()
 	var want []*pending
 	for i := uint64(1); i <= 3; i++ {
-		p, _, _ := tb.submit(reqKey{1, i}, frames("x"), 0)
+		p, _, _ := tb.submit(reqKey{sessionKey{"edge", 1}, i}, frames("x"), 0)
 		want = append(want, p)
 	}
 	select {
@@ -257,7 +257,7 @@ func TestTableExpiresQueuedRequestsByTheirBudget(t *testing.T) {
 	tb := newTable(TableLimits{Entries: 10, ReplyBytes: 100, TTL: time.Hour})
 	now := time.Unix(0, 0)
 	tb.now = func() time.Time { return now }
-	key := func(i uint64) reqKey { return reqKey{1, i} }
+	key := func(i uint64) reqKey { return reqKey{sessionKey{"edge", 1}, i} }
 	auth, _, _ := tb.submit(key(1), frames("auth"), 30*time.Second)
 	ret, _, _ := tb.submit(key(2), frames("return"), 15*time.Minute)
 	none, _, _ := tb.submit(key(3), frames("no budget"), 0)

@@ -10,6 +10,8 @@ type Status struct {
 	RingOldestSecs   float64      `json:"ring_oldest_age_s"`
 	RequestsAtMaster int          `json:"requests_at_master"`
 	DedupEntries     int          `json:"dedup_entries"`
+	MasterSub        bool         `json:"master_sub_connected"`
+	MasterDealer     bool         `json:"master_dealer_connected"`
 	Edges            []EdgeStatus `json:"edges"`
 }
 
@@ -22,8 +24,10 @@ type EdgeStatus struct {
 	Lag       uint64 `json:"pub_lag"`
 }
 
-// Ready reports whether the core serves (it is ready once listening).
-func (c *Core) Ready() bool { return true }
+// Ready reports whether the core can serve edges: both of its sockets are connected
+// to the master. It is what /readyz answers, which a load balancer or systemd
+// watchdog trusts.
+func (c *Core) Ready() bool { return c.master.Load().ready() }
 
 // Status returns the core's state now.
 func (c *Core) Status() Status {
@@ -31,6 +35,9 @@ func (c *Core) Status() Status {
 	_, entries, atMaster, _ := c.table.snapshot()
 	s := Status{Role: "core", Epoch: c.epoch, HeadSeq: rs.Head, RingMessages: rs.Count, RingBytes: rs.Bytes,
 		RingOldestSecs: rs.OldestAge.Seconds(), RequestsAtMaster: atMaster, DedupEntries: entries, Edges: []EdgeStatus{}}
+	if l := c.master.Load(); l != nil {
+		s.MasterSub, s.MasterDealer = l.sub.connected(), l.dealer.connected()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for e := range c.edges {

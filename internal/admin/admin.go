@@ -1,6 +1,7 @@
 // Package admin serves the operator's HTTP endpoints of edge and core on a loopback
-// address: /metrics (Prometheus), /healthz (the process runs), /readyz (the tunnel
-// is up) and /status (the state `broker status` prints, as JSON).
+// address: /metrics (Prometheus), /healthz (the process runs), /readyz (the edge:
+// its tunnel is up; the core: both of its sockets are connected to the master) and
+// /status (the state `broker status` prints, as JSON).
 package admin
 
 import (
@@ -24,8 +25,8 @@ type Server struct {
 	log *slog.Logger
 }
 
-// Listen binds addr. ready reports whether the tunnel is up; status returns what
-// /status shows.
+// Listen binds addr. ready reports whether the process can serve (see the package
+// comment); status returns what /status shows.
 func Listen(addr string, gatherer prometheus.Gatherer, ready func() bool, status func() any, log *slog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -36,7 +37,7 @@ func Listen(addr string, gatherer prometheus.Gatherer, ready func() bool, status
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready() {
-			http.Error(w, "tunnel down\n", http.StatusServiceUnavailable)
+			http.Error(w, "not ready: see /status\n", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))

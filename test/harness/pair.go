@@ -34,6 +34,15 @@ func NewPKI(t testing.TB, hosts ...string) PKI {
 	return PKI{Dir: dir}
 }
 
+// Issue makes one more certificate from the same CA (a second edge, say).
+func (p PKI) Issue(t testing.TB, name, role string) {
+	t.Helper()
+	out, err := exec.Command(BuildBroker(t), "certs", "issue", "--dir", p.Dir, "--name", name, "--role", role).CombinedOutput()
+	if err != nil {
+		t.Fatalf("broker certs issue %s: %v\n%s", name, err, out)
+	}
+}
+
 // Files returns the --ca/--cert/--key flags for a certificate name.
 func (p PKI) Files(name string) []string {
 	return []string{"--ca", filepath.Join(p.Dir, "ca.crt"), "--cert", filepath.Join(p.Dir, name+".crt"), "--key", filepath.Join(p.Dir, name+".key")}
