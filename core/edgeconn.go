@@ -30,7 +30,7 @@ type edgeConn struct {
 	// The hello happens once per connection: the first control stream claims it,
 	// whatever other streams a misbehaving edge opens at the same time.
 	helloClaimed atomic.Bool
-	helloDone    chan struct{}             // closed once peer is set
+	helloDone    chan struct{}            // closed once peer is set
 	peer         atomic.Pointer[edgePeer] // set once, by the hello
 	cursor       atomic.Uint64
 
