@@ -81,6 +81,7 @@ type table struct {
 
 	mu          sync.Mutex
 	byKey       map[reqKey]*pending
+	perCert     map[string]int // entries of byKey by edge certificate (roomLocked)
 	byTicket    map[uint64]*pending
 	nextTicket  uint64
 	replyBytes  int64
@@ -107,7 +108,47 @@ func newTable(l TableLimits) *table {
 		now:      time.Now,
 		kick:     make(chan struct{}, 1),
 		byKey:    make(map[reqKey]*pending),
+		perCert:  make(map[string]int),
 		byTicket: make(map[uint64]*pending),
+	}
+}
+
+// fairShareFrom is how full the table must be before an edge certificate holding
+// more than its fair share of entries is refused new ones.
+const fairShareFrom = 0.75
+
+// roomLocked says whether an edge certificate may add an entry. The table is shared
+// by every edge of this core, and any certificate holder may misbehave: one that
+// floods it with requests or cancels of made-up IDs must not leave the others
+// without room. So the last quarter of the table is kept for certificates under an
+// equal share, counting one more certificate than hold entries now (an edge that
+// is idle, or about to reconnect, has its share too): past three quarters full, a
+// certificate at or over Entries / (certificates + 1) gets no more entries until
+// some of its own expire.
+func (t *table) roomLocked(cert string) bool {
+	n := len(t.byKey)
+	if n >= t.limits.Entries {
+		return false
+	}
+	if float64(n) < fairShareFrom*float64(t.limits.Entries) {
+		return true
+	}
+	certs := len(t.perCert)
+	if t.perCert[cert] == 0 {
+		certs++
+	}
+	return float64(t.perCert[cert]) < float64(t.limits.Entries)/float64(certs+1)
+}
+
+func (t *table) insertLocked(p *pending) {
+	t.byKey[p.key] = p
+	t.perCert[p.key.sess.cert]++
+}
+
+func (t *table) deleteLocked(p *pending) {
+	delete(t.byKey, p.key)
+	if t.perCert[p.key.sess.cert]--; t.perCert[p.key.sess.cert] <= 0 {
+		delete(t.perCert, p.key.sess.cert)
 	}
 }
 
@@ -140,7 +181,7 @@ func (t *table) submit(key reqKey, frames [][]byte, maxAge time.Duration) (p *pe
 		t.stats.Duplicates++
 		return p, true, false
 	}
-	if len(t.byKey) >= t.limits.Entries {
+	if !t.roomLocked(key.sess.cert) {
 		t.stats.Busy++
 		return nil, false, true
 	}
@@ -159,7 +200,7 @@ func (t *table) submit(key reqKey, frames [][]byte, maxAge time.Duration) (p *pe
 	t.nextTicket++
 	p = &pending{key: key, ticket: t.nextTicket, frames: frames, size: size, done: make(chan struct{}),
 		created: now, staleAt: now.Add(life)}
-	t.byKey[key] = p
+	t.insertLocked(p)
 	t.byTicket[p.ticket] = p
 	p.queued = t.fifo.PushBack(p)
 	t.queuedBytes += size
@@ -299,14 +340,14 @@ func (t *table) cancel(key reqKey) (result byte) {
 	p := t.byKey[key]
 	switch {
 	case p == nil:
-		if len(t.byKey) >= t.limits.Entries {
+		if !t.roomLocked(key.sess.cert) {
 			// Cannot remember the tombstone; refusing the cancel is the safe answer
 			// (the edge then treats the request as possibly at the master).
 			t.stats.Busy++
 			return wire.CancelAtMaster
 		}
 		p = &pending{key: key, done: make(chan struct{}), created: t.now()}
-		t.byKey[key] = p
+		t.insertLocked(p)
 		t.refuseLocked(p, wire.RefusedCancelled, "cancelled by the edge")
 		t.stats.Cancelled++
 		return wire.CancelDone
@@ -344,7 +385,7 @@ func (t *table) sweep(masterTimeout time.Duration) (timedOut, stale int) {
 	now := t.now()
 	t.mu.Lock()
 	defer t.unlock()
-	for key, p := range t.byKey {
+	for _, p := range t.byKey {
 		switch {
 		case p.state == stateQueued && now.After(p.staleAt):
 			t.staleLocked(p)
@@ -356,7 +397,7 @@ func (t *table) sweep(masterTimeout time.Duration) (timedOut, stale int) {
 			if p.state == stateReplied {
 				t.replyBytes -= int64(wire.Size(p.reply))
 			}
-			delete(t.byKey, key)
+			t.deleteLocked(p)
 			t.stats.Expired++
 		}
 	}

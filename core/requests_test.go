@@ -3,6 +3,7 @@ package core
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"slices"
@@ -84,10 +85,13 @@ func TestTableBoundsAndTimeouts(t *testing.T) {
 	tb := newTestTable()
 	now := time.Unix(0, 0)
 	tb.now = func() time.Time { return now }
+	// Four edges, one request each: one edge alone may not take the last quarter.
 	for i := uint64(1); i <= 4; i++ {
-		tb.submit(reqKey{sessionKey{"edge", 1}, i}, frames("x"), 0)
+		if _, _, busy := tb.submit(reqKey{sessionKey{fmt.Sprint("edge", i), 1}, i}, frames("x"), 0); busy {
+			t.Fatalf("request %d refused by a table with room", i)
+		}
 	}
-	if _, _, busy := tb.submit(reqKey{sessionKey{"edge", 1}, 9}, frames("x"), 0); !busy {
+	if _, _, busy := tb.submit(reqKey{sessionKey{"edge5", 1}, 9}, frames("x"), 0); !busy {
 		t.Fatal("a full table must refuse")
 	}
 	p, _ := tb.next()
@@ -520,10 +524,11 @@ func expectRefused(t *testing.T, ch <-chan answer, id uint64, code byte) {
 }
 
 // Issue 10 item 4 over the wire: a core whose DEALER never connects, and an edge
-// that sends and cancels three times as many requests as the table holds, each
-// forgotten after the TTL. Every request is answered, and /metrics keeps answering.
+// that sends and cancels three times as many requests as one edge may hold (8: the
+// table's last quarter is kept for other edges), each forgotten after the TTL.
+// Every request is answered, and /metrics keeps answering.
 func TestCoreWithoutMasterStaysResponsive(t *testing.T) {
-	l := newReqLab(t, Config{Table: TableLimits{Entries: 8, TTL: time.Minute}})
+	l := newReqLab(t, Config{Table: TableLimits{Entries: 11, TTL: time.Minute}})
 	boundedly(t, 60*time.Second, "requests, cancels and /metrics of a core without master", func() {
 		for round := range uint64(3) {
 			var answers []<-chan answer
@@ -664,5 +669,38 @@ func TestCoreExpiresQueuedRequestsWhileTheMasterIsDown(t *testing.T) {
 	case extra := <-m.reqs:
 		t.Fatalf("a stale request reached the master: %q", extra.Frames)
 	default:
+	}
+}
+
+// One edge certificate flooding the table (requests, or cancels of made-up IDs,
+// which leave tombstones) cannot take the room the other edges need: past three
+// quarters full, a certificate over an equal share gets no more.
+func TestTableFairShareBetweenEdges(t *testing.T) {
+	tb := newTable(TableLimits{Entries: 100, ReplyBytes: 1 << 20, TTL: time.Minute})
+	rogue := sessionKey{"rogue", 7}
+	real := sessionKey{"site-a", 9}
+	took := 0
+	for i := range uint64(200) {
+		if i%2 == 0 {
+			if _, _, busy := tb.submit(reqKey{rogue, i}, frames("x"), 0); !busy {
+				took++
+			}
+		} else if tb.cancel(reqKey{rogue, i}) == wire.CancelDone {
+			took++
+		}
+	}
+	if took != 75 {
+		t.Errorf("the flooding certificate holds %d entries alone, want 75 (three quarters, then nothing past an equal share)", took)
+	}
+	for i := range uint64(25) {
+		if _, _, busy := tb.submit(reqKey{real, i}, frames("y"), 0); busy {
+			t.Fatalf("the other edge's request %d refused with the flooding one at %d entries", i, took)
+		}
+	}
+	if _, _, busy := tb.submit(reqKey{real, 99}, frames("y"), 0); !busy {
+		t.Error("a full table took one more request")
+	}
+	if _, _, busy := tb.submit(reqKey{rogue, 999}, frames("x"), 0); !busy {
+		t.Error("the flooding certificate got an entry past its share")
 	}
 }
