@@ -64,7 +64,7 @@ bench: deps build
 ## bench-wan: the WAN lab's scenarios (random and bursty loss, long RTT, blackouts, a satellite link
 ## with 1 MiB file chunks, a bottleneck shared with a bulk TCP flow, 2,000 minions answering at once)
 ## for the direct link, the old forwarder and the pair over QUIC and TCP, side by side in one run; a
-## latency CDF per scenario in BENCH_WAN_PLOTS (docs/bench/wan-*.png; empty: none). Needs root; about 55 min.
+## latency CDF per scenario in BENCH_WAN_PLOTS (docs/bench/wan-*.png; empty: none). Needs root; about 40 min.
 ## One scenario or mode, other scale: make bench-wan BENCH_WAN='WAN/300ms.*/pair' BENCH_WAN_ARGS='-minions 10 -jobs 30'
 BENCH_WAN ?= WAN
 BENCH_WAN_ARGS ?=
