@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/salt-broker/salt-broker/internal/ratelog"
 	"github.com/salt-broker/salt-broker/internal/waitctx"
 	"github.com/salt-broker/salt-broker/internal/wire"
 	"github.com/salt-broker/salt-broker/tunnel"
@@ -118,6 +119,7 @@ type Core struct {
 	// Closed when the core starts to stop: no request goes to the master after it.
 	draining chan struct{}
 	metrics  *metrics
+	warns    ratelog.Limiter            // log lines a flood of requests repeats
 	master   atomic.Pointer[masterLink] // set while runMaster runs
 
 	mu       sync.Mutex

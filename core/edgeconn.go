@@ -396,7 +396,9 @@ func (e *edgeConn) serveRequest(ctx context.Context, st tunnel.Stream, rd *wire.
 	switch {
 	case busy:
 		e.c.metrics.requests.WithLabelValues("busy").Inc()
-		e.logger().Warn("request refused: the dedup table is full; the minion will retry", "limit", e.c.cfg.Table.Entries)
+		// A full table refuses every edge's requests at once: one line a second.
+		e.c.warns.Log(e.logger(), slog.LevelWarn, "table_full", "request refused: the core's request table is full (its entries, its fair share for this edge, or the bytes queued for the master); the master is slow or unreachable, or an edge floods it; the minion will retry",
+			"entries", e.c.cfg.Table.Entries, "queue_bytes", e.c.table.limits.QueueBytes)
 		return e.write(st, wire.TRefused, wire.Refused{ID: req.ID, Code: wire.RefusedBusy, Reason: "core request table full"}.Encode())
 	case dup:
 		e.c.metrics.requests.WithLabelValues("resent").Inc()

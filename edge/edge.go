@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/salt-broker/salt-broker/internal/ratelog"
 	"github.com/salt-broker/salt-broker/internal/waitctx"
 	"github.com/salt-broker/salt-broker/internal/wire"
 	"github.com/salt-broker/salt-broker/internal/zmtp"
@@ -146,6 +147,7 @@ type Edge struct {
 	reqs    *reqTable
 	cursor  *cursorState
 	metrics *metrics
+	warns   ratelog.Limiter // log lines a flood of minions or refusals repeats
 
 	connMu sync.Mutex
 	conn   *conn         // the live connection, nil while down

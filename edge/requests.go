@@ -65,8 +65,7 @@ type reqTable struct {
 	// Log lines of the methods holding mu, written once it is released (unlock): a
 	// slow log sink must not hold the table, and with it the ROUTER's callbacks,
 	// the dispatch and /metrics.
-	logs      []logLine
-	bytesWarn logLimiter // accept's --max-pending-bytes warning
+	logs []logLine
 
 	orphans map[chainKey][]*edgeReq  // unanswered requests whose minion socket closed
 	recent  map[chainKey][]recentTry // requests of the last RetryWindow
@@ -91,27 +90,6 @@ type logLine struct {
 	level slog.Level
 	msg   string
 	args  []any
-}
-
-// logLimiter lets one kind of log line through at most once a second, counting
-// the ones it kept back: a flood of refusals must not become a flood of lines.
-type logLimiter struct {
-	mu    sync.Mutex
-	last  time.Time
-	muted int
-}
-
-// allow says whether to log now, and how many lines were kept back since the last.
-func (l *logLimiter) allow(now time.Time) (bool, int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.last.IsZero() && now.Sub(l.last) < time.Second {
-		l.muted++
-		return false, 0
-	}
-	n := l.muted
-	l.last, l.muted = now, 0
-	return true, n
 }
 
 // logLocked queues a log line until mu is released; the caller holds mu.
@@ -461,17 +439,15 @@ func (e *Edge) accept(msg zmtp.Message) {
 	switch refused := e.reqs.add(r); refused {
 	case accepted:
 	case tableFull:
+		// A full table refuses every minion of a site at once: one line a second.
 		e.metrics.dropped.WithLabelValues(refused).Inc()
-		e.log.Warn("request dropped: the edge holds --max-pending requests already; the minion will retry", "minion", r.env.ID, "remote", msg.Remote, "limit", e.cfg.MaxPending)
+		e.warns.Log(e.log, slog.LevelWarn, "", "request dropped: the edge holds --max-pending requests already; the minion will retry",
+			"minion", r.env.ID, "remote", msg.Remote, "limit", e.cfg.MaxPending)
 		return
 	default:
 		e.metrics.dropped.WithLabelValues(refused).Inc()
-		// Large requests can come fast (a minion pushing a file): one line a second.
-		if ok, muted := e.reqs.bytesWarn.allow(time.Now()); ok {
-			e.log.Warn("request dropped: the edge holds --max-pending-bytes of requests already; the minion will retry",
-				"minion", r.env.ID, "remote", msg.Remote, "size", r.size, "pending_bytes", e.reqs.pendingBytes(), "limit", e.cfg.MaxPendingBytes,
-				"similar_not_logged", muted)
-		}
+		e.warns.Log(e.log, slog.LevelWarn, "", "request dropped: the edge holds --max-pending-bytes of requests already; the minion will retry",
+			"minion", r.env.ID, "remote", msg.Remote, "size", r.size, "pending_bytes", e.reqs.pendingBytes(), "limit", e.cfg.MaxPendingBytes)
 		return
 	}
 	if e.log.Enabled(context.Background(), slog.LevelDebug) {
@@ -534,6 +510,8 @@ func (e *Edge) refused(r *edgeReq, ref wire.Refused) {
 		return
 	}
 	e.metrics.replies.WithLabelValues("refused").Inc()
-	level := slogLevelFor(ref.Code)
-	e.log.Log(context.Background(), level, "the core refused a request; the minion will retry it", "minion", r.env.ID, "class", r.env.Class, "reason", ref.Reason)
+	// An outage of the master refuses every queued request as stale at once: one
+	// line a second per reason.
+	e.warns.Log(e.log, slogLevelFor(ref.Code), "refused "+ref.Reason, "the core refused a request; the minion will retry it",
+		"minion", r.env.ID, "class", r.env.Class, "reason", ref.Reason)
 }

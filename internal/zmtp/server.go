@@ -20,6 +20,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/salt-broker/salt-broker/internal/ratelog"
 )
 
 // Options bound and tune a server. Zero values take the defaults.
@@ -152,36 +154,19 @@ type server struct {
 	statMu                                       sync.Mutex
 	drops, hsFail                                map[string]uint64
 
-	logMu    sync.Mutex
-	lastWarn map[string]time.Time // by event: when it was last logged
-	muted    map[string]int       // by event: lines left out since
+	// Per-connection warnings, each event kind once a second at most: a flood of bad
+	// connections must not become a flood of log lines.
+	warns ratelog.Limiter
 }
 
-// warnLimit is how often one kind of per-connection warning may be logged: a flood
-// of bad connections must not become a flood of log lines.
-const warnLimit = time.Second
-
-// warn logs a per-connection event at most once per warnLimit per event kind,
-// saying how many like it were left out.
+// warn logs a per-connection event at most once a second per event kind, saying
+// how many like it were left out.
 func (s *server) warn(event, msg string, args ...any) {
 	s.logLimited(slog.LevelWarn, event, msg, args...)
 }
 
 func (s *server) logLimited(level slog.Level, event, msg string, args ...any) {
-	s.logMu.Lock()
-	now := time.Now()
-	if now.Sub(s.lastWarn[event]) < warnLimit {
-		s.muted[event]++
-		s.logMu.Unlock()
-		return
-	}
-	n := s.muted[event]
-	s.lastWarn[event], s.muted[event] = now, 0
-	s.logMu.Unlock()
-	if n > 0 {
-		args = append(args, "similar_not_logged", n)
-	}
-	s.log.Log(context.Background(), level, msg, args...)
+	s.warns.Log(s.log, level, event, msg, args...)
 }
 
 func newServer(k kind, ln net.Listener, o Options) *server {
@@ -191,7 +176,6 @@ func newServer(k kind, ln net.Listener, o Options) *server {
 		kind: k, opts: o, ln: ln, ctx: ctx, stop: cancel,
 		log:   o.Logger.With("socket", k.socketType(), "addr", ln.Addr().String()),
 		peers: map[*peer]struct{}{}, drops: map[string]uint64{}, hsFail: map[string]uint64{},
-		lastWarn: map[string]time.Time{}, muted: map[string]int{},
 	}
 }
 
