@@ -150,8 +150,10 @@ func TestRouterReplyOverTheByteBound(t *testing.T) {
 	if !full {
 		t.Fatalf("a peer that reads nothing took %d MiB of replies under a %d KiB byte bound", accepted, bound>>10)
 	}
+	// The writer may have handed the held reply to the kernel since the refusal, so
+	// the queue may be empty again by now; it never holds more than one reply.
 	st := r.Stats()
-	if st.QueuedBytes <= 0 || st.QueuedBytes > int64(len(big)) {
+	if st.QueuedBytes > int64(len(big)) {
 		t.Errorf("queued %d bytes: want one reply's %d at most", st.QueuedBytes, len(big))
 	}
 	if st.Drops[queueBytes] != 1 || st.Drops[queueFull] != 0 {
