@@ -13,9 +13,15 @@ import (
 // stale, so the class policy holds at both ends whatever the master does. Never
 // less than 1 ms: zero on the wire means "no budget given".
 func (e *Edge) queueBudget(r *edgeReq, now time.Time) time.Duration {
-	limit := e.cfg.RequestMaxAge
-	if r.env.Class == saltmsg.ClassAuth {
-		limit = e.cfg.AuthMaxAge
+	return max(e.cfg.maxAge(r.env.Class)-now.Sub(r.created), time.Millisecond)
+}
+
+// maxAge is how long a request of class is of use: an auth request older than
+// --auth-max-age is stale (its minion has retried already), any other one older
+// than --request-max-age is dropped unsent.
+func (c *Config) maxAge(class saltmsg.Class) time.Duration {
+	if class == saltmsg.ClassAuth {
+		return c.AuthMaxAge
 	}
-	return max(limit-now.Sub(r.created), time.Millisecond)
+	return c.RequestMaxAge
 }

@@ -201,10 +201,10 @@ func sendableLocked(r *edgeReq) bool {
 func (t *reqTable) dropByClassLocked(r *edgeReq, now time.Time) bool {
 	age := now.Sub(r.created)
 	switch {
-	case r.env.Class == saltmsg.ClassAuth && (r.peerGone || age > t.e.cfg.AuthMaxAge):
+	case r.env.Class == saltmsg.ClassAuth && (r.peerGone || age > t.e.cfg.maxAge(r.env.Class)):
 		t.removeLocked(r)
 		t.e.metrics.dropped.WithLabelValues("stale_auth").Inc()
-	case age > t.e.cfg.RequestMaxAge:
+	case age > t.e.cfg.maxAge(r.env.Class):
 		t.removeLocked(r)
 		t.e.metrics.dropped.WithLabelValues("expired").Inc()
 		t.logLocked(slog.LevelWarn, "request dropped unsent: older than --request-max-age", "minion", r.env.ID, "class", r.env.Class, "age", age.Round(time.Second))
