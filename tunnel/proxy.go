@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http/httpproxy"
@@ -34,8 +35,8 @@ func ProxyURL(raw string) (ProxyFunc, error) {
 }
 
 // dialMaybeProxy opens TCP to addr, directly or through an HTTP CONNECT proxy.
-func dialMaybeProxy(ctx context.Context, addr string, proxy ProxyFunc) (net.Conn, error) {
-	var d net.Dialer
+func dialMaybeProxy(ctx context.Context, addr string, proxy ProxyFunc, control func(string, string, syscall.RawConn) error) (net.Conn, error) {
+	d := net.Dialer{Control: control}
 	var pu *url.URL
 	if proxy != nil {
 		var err error

@@ -52,8 +52,9 @@ func (s quicSession) PeerName() string                   { return peerName(s.c.C
 
 func (s quicSession) Stats() Stats {
 	st := s.c.ConnectionStats()
-	return Stats{RTT: st.SmoothedRTT, BytesSent: st.BytesSent, BytesReceived: st.BytesReceived, PacketsLost: st.PacketsLost,
-		PacketsReceived: st.PacketsReceived}
+	return Stats{SmoothedRTT: st.SmoothedRTT, MinRTT: st.MinRTT, CongestionWindow: st.CongestionWindow,
+		BytesSent: st.BytesSent, BytesReceived: st.BytesReceived,
+		PacketsSent: st.PacketsSent, PacketsLost: st.PacketsLost, PacketsReceived: st.PacketsReceived}
 }
 
 // quicStream maps our close semantics onto quic-go's: its Close is the half close.

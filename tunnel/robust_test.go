@@ -121,7 +121,7 @@ func TestProxyFromEnvironmentOddValues(t *testing.T) {
 	} {
 		u, _ := url.Parse(raw)
 		proxy := func(*url.URL) (*url.URL, error) { return u, nil }
-		_, err := dialMaybeProxy(ctx, "127.0.0.1:9", proxy)
+		_, err := dialMaybeProxy(ctx, "127.0.0.1:9", proxy, nil)
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("proxy %s: %v, want it to mention %q", raw, err, want)
 		}

@@ -82,8 +82,8 @@ func TestHalfCloseDeadlinesStatsAndPeerClose(t *testing.T) {
 			if cs.BytesSent == 0 || cs.BytesReceived == 0 || ss.BytesSent == 0 {
 				t.Errorf("stats do not move: client %+v server %+v", cs, ss)
 			}
-			if mode == ModeQUIC && cs.RTT <= 0 {
-				t.Errorf("quic RTT %s", cs.RTT)
+			if mode == ModeQUIC && cs.SmoothedRTT <= 0 || cs.MinRTT <= 0 || cs.CongestionWindow == 0 || cs.PacketsSent == 0 {
+				t.Errorf("quic RTT, window or packets missing: %+v", cs)
 			}
 
 			_ = cli.CloseWithError("edge shutting down")

@@ -11,6 +11,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/xtaci/smux"
@@ -188,11 +189,11 @@ func (s *tcpSession) RemoteAddr() net.Addr     { return s.tls.RemoteAddr() }
 func (s *tcpSession) PeerName() string         { return peerName(s.tls.ConnectionState()) }
 
 // Stats counts bytes on the TCP socket (TLS and smux framing included) and, on Linux,
-// reads RTT and retransmitted segments from the kernel. Behind a proxy they describe
-// the hop to the proxy.
+// reads RTT, congestion window, segments sent and retransmitted from the kernel
+// (TCP_INFO). Behind a proxy these describe the hop to the proxy.
 func (s *tcpSession) Stats() Stats {
-	st := Stats{BytesSent: s.raw.sent.Load(), BytesReceived: s.raw.received.Load(), PacketsReceived: s.raw.reads.Load()}
-	st.RTT, st.PacketsLost = tcpInfo(s.raw.Conn)
+	st := tcpInfo(s.raw.Conn)
+	st.BytesSent, st.BytesReceived, st.PacketsReceived = s.raw.sent.Load(), s.raw.received.Load(), s.raw.reads.Load()
 	return st
 }
 
@@ -272,17 +273,26 @@ func serverTCP(ctx context.Context, raw net.Conn, tlsCfg *tls.Config, cfg Config
 	return s, nil
 }
 
-// dialTCP opens TLS + smux to addr, through an HTTP CONNECT proxy when one is configured.
-func dialTCP(ctx context.Context, addr string, tlsCfg *tls.Config, cfg Config, proxy ProxyFunc) (Session, error) {
+// tcpDialer opens TLS + smux connections to a core, through an HTTP CONNECT proxy
+// when one is configured; cc, when set, runs on each socket before it connects.
+type tcpDialer struct {
+	cfg   Config
+	tls   *tls.Config
+	proxy ProxyFunc
+	cc    func(network, address string, c syscall.RawConn) error
+}
+
+func (t tcpDialer) dial(ctx context.Context, addr string) (Session, error) {
+	cfg := t.cfg
 	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout+5*time.Second)
 	defer cancel()
-	raw, err := dialMaybeProxy(ctx, addr, proxy)
+	raw, err := dialMaybeProxy(ctx, addr, t.proxy, t.cc)
 	if err != nil {
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Now()) })
 	cc := &countingConn{Conn: raw}
-	tc := tls.Client(cc, tlsCfg)
+	tc := tls.Client(cc, t.tls)
 	err = tc.HandshakeContext(ctx)
 	stop()
 	if err != nil {

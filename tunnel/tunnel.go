@@ -47,10 +47,19 @@ type Session interface {
 	Stats() Stats
 }
 
-// Stats are best-effort transport statistics (TCP has no RTT or loss figures).
+// Stats are best-effort transport statistics: QUIC's ConnectionStats, and on TCP
+// the kernel's TCP_INFO (Linux; zeros elsewhere). The RTTs, the congestion window
+// and the packet counts are what an edge sizes its pool of connections by.
 type Stats struct {
-	RTT                                   time.Duration
-	BytesSent, BytesReceived, PacketsLost uint64
+	SmoothedRTT, MinRTT time.Duration
+	// CongestionWindow is the sender's window in bytes: what this connection may
+	// have in flight. A TCP segment count times the MSS on TCP.
+	CongestionWindow         uint64
+	BytesSent, BytesReceived uint64
+	// PacketsSent includes those later declared lost; PacketsLost is QUIC's count
+	// of packets declared lost (it may go down when a late one arrives), on TCP
+	// the retransmitted segments. Their deltas over an interval give its loss rate.
+	PacketsSent, PacketsLost uint64
 	// PacketsReceived moves whenever anything at all arrives from the peer, data
 	// or acknowledgement: the measure of a connection's liveness (DESIGN §4), which
 	// a pong queued behind data is not. QUIC counts packets (acknowledgements of
