@@ -219,7 +219,7 @@ func (e *edgeConn) serveControl(st tunnel.Stream, rd *wire.Reader, body []byte) 
 		return nil
 	}
 	peer := &edgePeer{hello: h, key: key,
-		log: e.base.With("edge_name", h.EdgeName, "edge_session", fmt.Sprintf("%016x", h.EdgeSession))}
+		log: e.base.With("edge_name", h.EdgeName, "edge_session", fmt.Sprintf("%016x", h.EdgeSession), "conn", h.Conn)}
 	e.cursor.Store(h.PubCursor)
 	e.peer.Store(peer)
 	close(e.helloDone)
@@ -228,7 +228,7 @@ func (e *edgeConn) serveControl(st tunnel.Stream, rd *wire.Reader, body []byte) 
 		return fmt.Errorf("answer hello: %w", err)
 	}
 	log.Info("edge connected", "pub_cursor", h.PubCursor, "cursor_epoch", h.CoreEpoch, "pending_requests", h.Pending)
-	e.c.supersede(e, key)
+	e.c.supersede(e, key, h.Conn)
 	for {
 		_ = st.SetReadDeadline(time.Now().Add(controlTimeout))
 		typ, body, err := rd.Next()
@@ -294,21 +294,23 @@ type sessionOwner struct {
 	conns int
 }
 
-// supersede closes the older connections of e's edge session. An edge says hello
-// only on the connection it chose, so an older one is dead or left behind; kept
-// until its idle timeout, its publication stream would run on into the ring and
-// report gaps its edge never had, and its requests would wait on nobody.
-func (c *Core) supersede(e *edgeConn, key sessionKey) {
+// supersede closes the older connection in e's slot of its edge session. An edge
+// runs a pool of connections in one session (wire.Hello.Conn), and says hello in a
+// slot only once the connection it had there is dead or left behind; kept until
+// its idle timeout, that one's requests would wait on nobody (and its publication
+// stream, if it had it, would run on into the ring). The session's other
+// connections are its pool: they stay.
+func (c *Core) supersede(e *edgeConn, key sessionKey, slot uint32) {
 	var old []*edgeConn
 	c.mu.Lock()
 	for o := range c.edges {
-		if p := o.said(); o != e && p != nil && p.key == key {
+		if p := o.said(); o != e && p != nil && p.key == key && p.hello.Conn == slot {
 			old = append(old, o)
 		}
 	}
 	c.mu.Unlock()
 	for _, o := range old {
-		o.logger().Info("closing this edge's previous connection: it has connected again")
+		o.logger().Info("closing this edge's previous connection in this slot: it has connected again")
 		_ = o.sess.CloseWithError("superseded by a newer connection of this edge")
 	}
 }

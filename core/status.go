@@ -1,5 +1,7 @@
 package core
 
+import "fmt"
+
 // Status is what `broker status` shows for a core.
 type Status struct {
 	Role             string       `json:"role"`
@@ -15,13 +17,18 @@ type Status struct {
 	Edges            []EdgeStatus `json:"edges"`
 }
 
-// EdgeStatus is one connected edge.
+// EdgeStatus is one connection from an edge: an edge running a pool has one per
+// connection, with the same session and their own slot (Conn).
 type EdgeStatus struct {
-	Name      string `json:"name"`
-	Remote    string `json:"remote"`
-	Transport string `json:"transport"`
-	PubCursor uint64 `json:"pub_cursor"`
-	Lag       uint64 `json:"pub_lag"`
+	Name        string  `json:"name"`
+	EdgeName    string  `json:"edge_name,omitempty"`
+	EdgeSession string  `json:"edge_session,omitempty"` // empty until its hello
+	Conn        uint32  `json:"conn"`
+	Remote      string  `json:"remote"`
+	Transport   string  `json:"transport"`
+	RTTMillis   float64 `json:"rtt_ms"`
+	PubCursor   uint64  `json:"pub_cursor"`
+	Lag         uint64  `json:"pub_lag"`
 }
 
 // Ready reports whether the core can serve edges: both of its sockets are connected
@@ -42,7 +49,11 @@ func (c *Core) Status() Status {
 	defer c.mu.Unlock()
 	for e := range c.edges {
 		cur := e.cursor.Load()
-		es := EdgeStatus{Name: e.sess.PeerName(), Remote: e.sess.RemoteAddr().String(), Transport: e.sess.Transport(), PubCursor: cur}
+		es := EdgeStatus{Name: e.sess.PeerName(), Remote: e.sess.RemoteAddr().String(), Transport: e.sess.Transport(), PubCursor: cur,
+			RTTMillis: float64(e.sess.Stats().SmoothedRTT.Microseconds()) / 1000}
+		if p := e.said(); p != nil {
+			es.EdgeName, es.EdgeSession, es.Conn = p.hello.EdgeName, fmt.Sprintf("%016x", p.hello.EdgeSession), p.hello.Conn
+		}
 		if rs.Head > cur {
 			es.Lag = rs.Head - cur
 		}

@@ -15,18 +15,23 @@ type Hello struct {
 	CoreEpoch   uint64 // the core epoch PubCursor refers to; 0 when the edge has none
 	PubCursor   uint64 // last publication sequence the edge re-published
 	Pending     uint32 // requests the edge holds unanswered, for the core's logs
+	// Conn is this connection's slot in the edge session's pool (0, 1, ...): an
+	// edge runs several connections of one session where one congestion window is
+	// not enough. A new connection in a slot replaces the one the core still holds
+	// there (dead, or left behind); the session's other connections stay.
+	Conn uint32
 }
 
 // Encode returns the record body.
 func (m Hello) Encode() []byte {
 	var e Encoder
-	return e.U32(m.Version).String(m.EdgeName).U64(m.EdgeSession).U64(m.CoreEpoch).U64(m.PubCursor).U32(m.Pending).Body()
+	return e.U32(m.Version).String(m.EdgeName).U64(m.EdgeSession).U64(m.CoreEpoch).U64(m.PubCursor).U32(m.Pending).U32(m.Conn).Body()
 }
 
 // DecodeHello decodes a THello body.
 func DecodeHello(b []byte) (Hello, error) {
 	d := NewDecoder(b)
-	m := Hello{Version: d.U32(), EdgeName: d.String(), EdgeSession: d.U64(), CoreEpoch: d.U64(), PubCursor: d.U64(), Pending: d.U32()}
+	m := Hello{Version: d.U32(), EdgeName: d.String(), EdgeSession: d.U64(), CoreEpoch: d.U64(), PubCursor: d.U64(), Pending: d.U32(), Conn: d.U32()}
 	return m, d.Err()
 }
 

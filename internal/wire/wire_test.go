@@ -12,7 +12,7 @@ import (
 
 func TestRoundTrip(t *testing.T) {
 	var buf bytes.Buffer
-	hello := Hello{Version: Version, EdgeName: "site-a", EdgeSession: 7, CoreEpoch: 9, PubCursor: 1 << 40, Pending: 3}
+	hello := Hello{Version: Version, EdgeName: "site-a", EdgeSession: 7, CoreEpoch: 9, PubCursor: 1 << 40, Pending: 3, Conn: 2}
 	pub := Pub{Seq: 42, Frames: [][]byte{[]byte("broadcast"), {}, bytes.Repeat([]byte{0xab}, 70000)}}
 	req := Request{ID: 1<<63 + 5, Frames: [][]byte{[]byte("payload")}, MaxQueueAge: 29*time.Second + 250*time.Millisecond}
 	ref := Refused{ID: 3, Code: RefusedBusy, Reason: "table full"}
@@ -144,6 +144,7 @@ func TestCloneFramesDetaches(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	f.Add(Append(nil, TPub, Pub{Seq: 1, Frames: [][]byte{[]byte("t"), []byte("p")}}.Encode()))
 	f.Add(Append(nil, THello, Hello{Version: 1, EdgeName: "e"}.Encode()))
+	f.Add(Append(nil, THello, Hello{Version: Version, EdgeName: "e", EdgeSession: 5, Conn: 7}.Encode()))
 	f.Add(Append(nil, TRequest, Request{ID: 2, Frames: [][]byte{{}}}.Encode()))
 	f.Add(Append(nil, TRequest, Request{ID: 3, Frames: [][]byte{[]byte("x")}, MaxQueueAge: 30 * time.Second}.Encode()))
 	f.Add(Append(nil, TRefused, Refused{ID: 2, Code: 1, Reason: "x"}.Encode()))
@@ -193,4 +194,19 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The hello names the connection's slot in its edge session's pool, so the core
+// replaces only the connection of that slot. A hello without it (this morning's
+// version 2, unreleased) does not decode: the field is part of version 2.
+func TestHelloConnSlot(t *testing.T) {
+	h := Hello{Version: Version, EdgeName: "e", EdgeSession: 9, Conn: 3}
+	if got, err := DecodeHello(h.Encode()); err != nil || got.Conn != 3 {
+		t.Fatalf("hello slot: %+v %v", got, err)
+	}
+	var e Encoder
+	old := e.U32(Version).String("e").U64(9).U64(0).U64(0).U32(0).Body()
+	if _, err := DecodeHello(old); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("a hello without a slot decoded: %v", err)
+	}
 }
