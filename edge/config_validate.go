@@ -25,6 +25,7 @@ func (c *Config) Validate() error {
 		setting.Positive("--quic-probe-interval", c.QUICProbeInterval),
 		setting.AtLeast("--retry-chain", c.MaxRetryChain, 1),
 		setting.NotNegative("--max-minions", c.ZMTP.MaxPeers, "the default"),
+		setting.AtLeast("--max-connections", c.MaxConnections, 1), // the pool's anchor
 
 		setting.Positive(f+"WriteTimeout", c.WriteTimeout),
 		setting.Positive(f+"PingInterval", c.PingInterval),

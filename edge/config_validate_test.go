@@ -40,6 +40,7 @@ func TestConfigValidate(t *testing.T) {
 		{"quic probe", func(c *Config) { c.QUICProbeInterval = -time.Second }, "--quic-probe-interval", "-1s"},
 		{"retry chain", func(c *Config) { c.MaxRetryChain = -3 }, "--retry-chain", "-3"},
 		{"max minions", func(c *Config) { c.ZMTP.MaxPeers = -1 }, "--max-minions", "-1"},
+		{"max connections", func(c *Config) { c.MaxConnections = -1 }, "--max-connections", "-1"},
 		{"write timeout", func(c *Config) { c.WriteTimeout = -time.Second }, "edge.Config.WriteTimeout", "-1s"},
 		{"ping interval", func(c *Config) { c.PingInterval = -time.Second }, "edge.Config.PingInterval", "-1s"},
 		{"stall within ping", func(c *Config) { c.PingInterval, c.StallTimeout = time.Second, time.Second }, "edge.Config.StallTimeout", "1s"},

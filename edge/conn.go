@@ -36,6 +36,17 @@ type conn struct {
 
 	handover tunnel.Session // set by probeQUIC before it ends the connection
 
+	// Its place in the pool (pool.go).
+	slot        uint32      // wire.Hello.Conn
+	anchor      bool        // the connect loop's connection, which the sizer never retires
+	retiring    atomic.Bool // the sizer is taking it out: no new requests, it ends once they are answered
+	carriesPubs atomic.Bool // the publication stream runs on it
+	// What it carries now, for the least-loaded choice and the sizer: requests
+	// awaiting their reply, their bytes, and the most bytes at once since the
+	// sizer last looked.
+	inflight, inflightBytes, peakBytes atomic.Int64
+	lossRate                           atomic.Uint64 // float64 bits: the last interval's loss rate, for status and metrics
+
 	goMu    sync.Mutex // orders goWork against run's final wg.Wait
 	stopped bool       // run is waiting for its goroutines: start no more
 }
@@ -64,9 +75,11 @@ const (
 var (
 	errStalled    = errors.New("connection stalled")
 	errBackToQUIC = errors.New("QUIC reachable again: moving the session back from TCP")
+	errRetired    = errors.New("taken out of the pool")
 )
 
-// connectLoop keeps one connection to the core up for as long as ctx lives.
+// connectLoop keeps one connection to the core up for as long as ctx lives: the
+// pool's anchor. The sizer adds others beside it when one is not enough (sizer.go).
 func (e *Edge) connectLoop(ctx context.Context) {
 	var lastUp time.Time
 	failures := 0
@@ -86,8 +99,10 @@ func (e *Edge) connectLoop(ctx context.Context) {
 				return // ctx ended
 			}
 		}
-		c, err := e.handshake(ctx, sess)
+		slot := e.pool.reserveSlot()
+		c, err := e.handshake(ctx, sess, slot, true)
 		if err != nil {
+			e.pool.releaseSlot(slot)
 			failures++
 			e.metrics.connectFailures.Inc()
 			e.log.Warn("core refused or broke the handshake; retrying", "err", err, "attempt", failures)
@@ -98,7 +113,6 @@ func (e *Edge) connectLoop(ctx context.Context) {
 			continue
 		}
 		failures = 0
-		e.metrics.connected.Set(1)
 		e.metrics.transport.Reset()
 		e.metrics.transport.WithLabelValues(sess.Transport()).Set(1)
 		if tr := sess.Transport(); tr != lastTransport {
@@ -112,15 +126,16 @@ func (e *Edge) connectLoop(ctx context.Context) {
 			}
 			lastTransport = tr
 		}
-		e.setConn(c)
+		e.pool.add(c)
 		reason := c.run()
 		next = c.handover
-		e.setConn(nil)
-		e.metrics.connected.Set(0)
+		e.pool.remove(c)
 		e.metrics.reconnects.Inc()
 		lastUp = time.Now()
 		if ctx.Err() == nil {
-			e.log.Warn("connection to the core lost; reconnecting", "reason", reason, "pending_requests", e.reqs.size())
+			e.metrics.poolChanges.WithLabelValues(connLost).Inc()
+			e.log.Warn("connection to the core lost; reconnecting", "reason", reason, "conn", c.slot,
+				"pool_connections_left", e.pool.size(), "pending_requests", e.reqs.size())
 		}
 	}
 }
@@ -166,7 +181,7 @@ func (e *Edge) dialRacing(ctx context.Context, lastUp time.Time, failures *int) 
 		case sem <- struct{}{}:
 			attempts.Go(func() {
 				defer func() { <-sem }()
-				sess, err := tunnel.Dial(ctx, e.cfg.CoreAddr, e.cfg.Tunnel, e.cfg.Dial)
+				sess, err := e.dialer.Dial(ctx, e.cfg.CoreAddr)
 				if err != nil {
 					if ctx.Err() == nil {
 						e.log.Debug("connection attempt failed", "core", e.cfg.CoreAddr, "err", err)
@@ -186,9 +201,9 @@ func (e *Edge) dialRacing(ctx context.Context, lastUp time.Time, failures *int) 
 	}
 }
 
-// handshake opens the control stream and exchanges hello: the first I/O on a new
-// connection, which is also where a certificate the core rejects shows up.
-func (e *Edge) handshake(ctx context.Context, sess tunnel.Session) (*conn, error) {
+// handshake opens the control stream and exchanges hello in slot: the first I/O on
+// a new connection, which is also where a certificate the core rejects shows up.
+func (e *Edge) handshake(ctx context.Context, sess tunnel.Session, slot uint32, anchor bool) (*conn, error) {
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	st, err := sess.OpenStream(hctx)
@@ -198,7 +213,7 @@ func (e *Edge) handshake(ctx context.Context, sess tunnel.Session) (*conn, error
 	stop := context.AfterFunc(hctx, func() { _ = st.Close() })
 	defer stop()
 	epoch, cursor := e.cursor.get()
-	hello := wire.Hello{Version: wire.Version, EdgeName: e.cfg.Name, EdgeSession: e.session, CoreEpoch: epoch, PubCursor: cursor, Pending: uint32(e.reqs.size())}
+	hello := wire.Hello{Version: wire.Version, EdgeName: e.cfg.Name, EdgeSession: e.session, CoreEpoch: epoch, PubCursor: cursor, Pending: uint32(e.reqs.size()), Conn: slot}
 	_ = st.SetWriteDeadline(time.Now().Add(e.cfg.WriteTimeout))
 	if err := wire.Write(st, wire.THello, hello.Encode()); err != nil {
 		return nil, fmt.Errorf("send hello: %w", err)
@@ -222,13 +237,16 @@ func (e *Edge) handshake(ctx context.Context, sess tunnel.Session) (*conn, error
 	stop()
 	cctx, ccancel := context.WithCancelCause(ctx)
 	c := &conn{
-		e: e, sess: sess, ctx: cctx, cancel: ccancel, ack: ack,
-		log: e.log.With("core", ack.CoreName, "remote", sess.RemoteAddr(), "transport", sess.Transport()),
+		e: e, sess: sess, ctx: cctx, cancel: ccancel, ack: ack, slot: slot, anchor: anchor,
+		log: e.log.With("core", ack.CoreName, "remote", sess.RemoteAddr(), "transport", sess.Transport(), "conn", slot),
 	}
 	c.lastPong.Store(time.Now().UnixNano())
 	c.wg.Go(func() { c.runControl(st, rd) })
-	e.reqs.connected(time.Now())
-	c.log.Info("connected to the core", "core_epoch", ack.CoreEpoch, "core_head_seq", ack.HeadSeq,
+	level := slog.LevelInfo
+	if !anchor {
+		level = slog.LevelDebug // the sizer logs why it added one
+	}
+	c.log.Log(ctx, level, "connected to the core", "core_epoch", ack.CoreEpoch, "core_head_seq", ack.HeadSeq,
 		"pub_cursor", cursor, "pending_requests", hello.Pending)
 	return c, nil
 }
@@ -237,8 +255,7 @@ func (e *Edge) handshake(ctx context.Context, sess tunnel.Session) (*conn, error
 func (c *conn) run() error {
 	stopSess := context.AfterFunc(c.sess.Context(), func() { c.cancel(context.Cause(c.sess.Context())) })
 	defer stopSess()
-	c.wg.Go(c.runPubs)
-	if c.sess.Transport() == "tcp" && c.e.cfg.Dial.Mode == tunnel.ModeAuto {
+	if c.anchor && c.sess.Transport() == "tcp" && c.e.cfg.Dial.Mode == tunnel.ModeAuto {
 		c.wg.Go(c.probeQUIC)
 	}
 	<-c.ctx.Done()
@@ -265,9 +282,7 @@ func (c *conn) probeQUIC() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
-		opt := c.e.cfg.Dial
-		opt.Mode = tunnel.ModeQUIC
-		s, err := tunnel.Dial(ctx, c.e.cfg.CoreAddr, c.e.cfg.Tunnel, opt)
+		s, err := c.e.dialer.DialMode(ctx, c.e.cfg.CoreAddr, tunnel.ModeQUIC)
 		cancel()
 		if err != nil {
 			c.log.Debug("QUIC probe failed; staying on TCP", "err", err)
@@ -433,9 +448,21 @@ func (c *conn) runPubs() {
 	}
 }
 
-// goRequest carries one request on its own stream of this connection.
+// goRequest carries one request on its own stream of this connection. When the
+// connection dies first, the request goes back in line and the dispatcher puts it
+// on another connection of the pool, under the same ID.
 func (c *conn) goRequest(r *edgeReq) {
+	n := r.size
+	c.inflight.Add(1)
+	if b := c.inflightBytes.Add(n); b > c.peakBytes.Load() {
+		c.peakBytes.Store(b) // only the dispatcher adds: no lost update
+	}
+	unload := func() {
+		c.inflight.Add(-1)
+		c.inflightBytes.Add(-n)
+	}
 	started := c.goWork(func() {
+		defer unload()
 		switch err := c.exchange(r); {
 		case err == nil:
 		case c.ctx.Err() != nil:
@@ -447,9 +474,37 @@ func (c *conn) goRequest(r *edgeReq) {
 		}
 	})
 	if !started {
+		unload()
 		c.e.reqs.requeue(r)
 	}
 }
+
+// retire takes the connection out of the pool gently: it gets no new requests,
+// and ends once those on it are answered (at most retireWait), so shrinking the
+// pool re-sends nothing. If it carries the publication stream, the stream moves to
+// another connection when it ends.
+func (c *conn) retire(why string) {
+	if c.retiring.Swap(true) {
+		return
+	}
+	c.goWork(func() {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		deadline := time.Now().Add(retireWait)
+		for c.inflight.Load() > 0 && time.Now().Before(deadline) {
+			select {
+			case <-c.ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+		c.cancel(fmt.Errorf("%w: %s", errRetired, why))
+	})
+}
+
+// retireWait bounds how long a retired connection waits for its requests' replies;
+// those still unanswered then are re-sent on the others.
+const retireWait = 30 * time.Second
 
 // exchange sends r and waits for its reply or refusal. An error means the outcome is
 // unknown and the request must be re-sent.

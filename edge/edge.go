@@ -36,6 +36,11 @@ const (
 	// requests of the largest size (--max-message-size 64 MiB), while staying a
 	// small part of a host's memory.
 	DefaultMaxPendingBytes = 256 << 20
+	// DefaultMaxConnections caps the pool: enough windows to carry a site's
+	// returns over a path with a few per cent of random loss, where one Reno window
+	// carries ~30 KB/s at 300 ms (Mathis), and few enough that a stuck sizer could
+	// not flood a path.
+	DefaultMaxConnections = 8
 )
 
 // Config is everything the edge needs; cmd/broker fills it from flags.
@@ -65,6 +70,9 @@ type Config struct {
 	RetryWindow       time.Duration // a request this soon after its minion's socket closed with one unanswered may be that one's retry
 	MaxRetryChain     int           // tries in one minion retry chain (Salt's return_retry_tries)
 	DrainTimeout      time.Duration // on stop, wait this long at most for the replies to requests already sent; < 0: none
+	// MaxConnections caps the pool of connections of the edge session (sizer.go);
+	// the pool never has more than the minions connected either.
+	MaxConnections int
 
 	Logger   *slog.Logger
 	Registry prometheus.Registerer
@@ -126,6 +134,9 @@ func (c *Config) Defaults() {
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
 	if c.ZMTP.MaxMessageSize == 0 {
 		c.ZMTP.MaxMessageSize = int64(c.MaxMessageSize)
 	}
@@ -149,9 +160,8 @@ type Edge struct {
 	metrics *metrics
 	warns   ratelog.Limiter // log lines a flood of minions or refusals repeats
 
-	connMu sync.Mutex
-	conn   *conn         // the live connection, nil while down
-	connUp chan struct{} // closed and replaced whenever a connection comes up
+	dialer *tunnel.Dialer // every connection of the session, one UDP socket for QUIC
+	pool   *pool          // the live connections
 }
 
 // New binds the minion-facing PUB and ROUTER at once, whether or not the core is reachable.
@@ -167,8 +177,8 @@ func New(cfg Config) (*Edge, error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "edge"),
 		session: wire.RandomID(),
-		connUp:  make(chan struct{}),
 	}
+	e.pool = newPool(e)
 	e.reqs = newReqTable(e)
 	e.metrics = newMetrics(e, cfg.Registry) // before the sockets: their callbacks count
 	cs, err := loadCursor(cfg.StateDir)
@@ -176,6 +186,9 @@ func New(cfg Config) (*Edge, error) {
 		return nil, err
 	}
 	e.cursor = cs
+	if e.dialer, err = tunnel.NewDialer(cfg.Tunnel, cfg.Dial); err != nil {
+		return nil, err
+	}
 	zo := cfg.ZMTP
 	zo.OnPeerGone = e.reqs.peerGone
 	pubAddr := net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.PubPort))
@@ -210,6 +223,8 @@ func (e *Edge) Run(ctx context.Context) error {
 	wg.Go(func() { e.reqs.expireLoop(runCtx, expireEvery) }) // the class policy, link up or not
 	wg.Go(func() { e.cursor.saveLoop(runCtx, e.log, e.pub) })
 	wg.Go(func() { e.connectLoop(runCtx) })
+	wg.Go(func() { e.pubLoop(runCtx) })
+	wg.Go(func() { e.sizerLoop(runCtx) })
 	<-ctx.Done()
 	e.drain()
 	cancel()
@@ -219,6 +234,7 @@ func (e *Edge) Run(ctx context.Context) error {
 	_ = e.router.Close()
 	_ = e.pub.Close()
 	wg.Wait()
+	_ = e.dialer.Close() // every connection has ended and said why
 	if err := e.cursor.save(minions); err != nil {
 		e.log.Error("saving the publication cursor failed; after a restart this edge resumes from the core's head", "err", err)
 	}
@@ -236,7 +252,7 @@ func (e *Edge) drain() {
 	if e.cfg.DrainTimeout <= 0 || sent == 0 {
 		return
 	}
-	if c, _ := e.currentConn(); c == nil {
+	if e.pool.size() == 0 {
 		e.log.Warn("stopping with requests unanswered and no connection to the core; their minions will retry", "pending_requests", sent)
 		return
 	}
@@ -246,19 +262,8 @@ func (e *Edge) drain() {
 	}
 }
 
-// currentConn returns the live connection and a channel closed when the next one comes up.
-func (e *Edge) currentConn() (*conn, <-chan struct{}) {
-	e.connMu.Lock()
-	defer e.connMu.Unlock()
-	return e.conn, e.connUp
-}
-
-func (e *Edge) setConn(c *conn) {
-	e.connMu.Lock()
-	defer e.connMu.Unlock()
-	e.conn = c
-	if c != nil {
-		close(e.connUp)
-		e.connUp = make(chan struct{})
-	}
-}
+// CloseConnection ends the pool's connection in slot now, as if it had died: its
+// requests are re-sent on the others and the publication stream, if it ran there,
+// moves to another. For testing failover (POST /debug/close-connection?conn=N).
+// False when the pool has no connection in slot.
+func (e *Edge) CloseConnection(slot uint32) bool { return e.pool.closeConn(slot) }

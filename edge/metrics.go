@@ -20,6 +20,7 @@ type metrics struct {
 	retries           prometheus.Counter
 	retriesAfterReply *prometheus.CounterVec
 	transportChanges  *prometheus.CounterVec
+	poolChanges       *prometheus.CounterVec
 }
 
 func newMetrics(e *Edge, reg prometheus.Registerer) *metrics {
@@ -49,12 +50,17 @@ func newMetrics(e *Edge, reg prometheus.Registerer) *metrics {
 		stalls:            counter("tunnel_stalls_total", "Connections ended because nothing (no packet, no pong) arrived from the core for the stall timeout (2 s) while a ping was unanswered."),
 		transportChanges:  vec("tunnel_transport_changes_total", "Moves between transports, by the transport moved to (tcp: QUIC did not come up; quic: it works again).", "to"),
 		retries:           counter("minion_retries_total", "Requests recognised as a minion's own retry of an earlier try of theirs."),
+		poolChanges:       vec("tunnel_pool_changes_total", "Changes of the pool of connections to the core, by reason: random_loss (grew: requests wait and loss looks random), congestion (shrank: RTT climbs with loss), idle (shrank: no request for 30 s), cap (shrank: past min(--max-connections, minions)), transport (shrank: on another transport than the pool), lost (a connection ended by itself).", "reason"),
 		retriesAfterReply: vec("minion_retries_after_reply_total", "Requests that came, on a new socket, just after the reply to their minion's same-shape request, as when its retry timer fired as the reply arrived: dropped (one retry timer after that try: the master has the chain) or passed (the timing could not tell, after an outage held the answer up; the master may see the return twice).", "action"),
+	}
+	for _, r := range poolChangeReasons {
+		m.poolChanges.WithLabelValues(r) // every reason shows, at 0, from the start
 	}
 	if reg != nil {
 		reg.MustRegister(m.requestsIn, m.replies, m.dropped, m.latency, m.pubs, m.pubDuplicates, m.gapPubs,
 			m.connected, m.transport, m.rtt, m.reconnects, m.connectFailures, m.stalls, m.retries, m.retriesAfterReply, m.transportChanges,
-			newZMTPCollector(e),
+			m.poolChanges, newZMTPCollector(e), newPoolCollector(e),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "tunnel_pool_connections", Help: "Connections to the core in the pool now (the sizer keeps it between 1 and min(--max-connections, minions))."}, func() float64 { return float64(e.pool.size()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_pending", Help: "Requests held until their reply arrives."}, func() float64 { return float64(e.reqs.size()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_pending_bytes", Help: "Bytes of the requests held (bounded by --max-pending-bytes)."}, func() float64 { return float64(e.reqs.pendingBytes()) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "pub_cursor", Help: "Sequence of the last publication re-published."}, func() float64 { _, c := e.cursor.get(); return float64(c) }),

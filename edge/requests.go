@@ -456,27 +456,34 @@ func (e *Edge) accept(msg zmtp.Message) {
 	}
 }
 
-// dispatchLoop puts waiting requests on streams of the live connection.
+// dispatchLoop puts waiting requests on streams of the pool's least-loaded
+// connection (pool.dispatch), and waits while no connection is usable.
 func (e *Edge) dispatchLoop(ctx context.Context) {
 	for {
-		c, up := e.currentConn()
-		if c == nil {
+		_, changed := e.pool.snapshot()
+		if e.pool.pick() == nil {
 			select {
-			case <-up:
+			case <-changed:
 				continue
 			case <-ctx.Done():
 				return
 			}
 		}
 		for _, r := range e.reqs.takeWaiting(time.Now()) {
-			c.goRequest(r)
+			if !e.pool.dispatch(r) { // its connection ended just now
+				e.reqs.requeue(r)
+			}
 		}
 		for _, r := range e.reqs.takeCancels() {
-			c.goCancel(r)
+			if c := e.pool.pick(); c != nil {
+				c.goCancel(r)
+			} else {
+				e.reqs.retryCancelLater(r)
+			}
 		}
 		select {
 		case <-e.reqs.kick:
-		case <-c.ctx.Done():
+		case <-changed:
 		case <-ctx.Done():
 			return
 		}

@@ -1,26 +1,46 @@
 package edge
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // Status is what `broker status` shows for an edge.
 type Status struct {
-	Role            string  `json:"role"`
-	Core            string  `json:"core"`
-	Connected       bool    `json:"connected"`
-	Transport       string  `json:"transport,omitempty"`
-	RTTMillis       float64 `json:"rtt_ms,omitempty"`
-	CoreEpoch       uint64  `json:"core_epoch"`
-	PubCursor       uint64  `json:"pub_cursor"`
-	PendingRequests int     `json:"pending_requests"`
-	MinionsPub      int64   `json:"minions_subscribed"`
-	MinionsRet      int64   `json:"minion_req_sockets"`
+	Role            string       `json:"role"`
+	Core            string       `json:"core"`
+	Connected       bool         `json:"connected"`
+	Transport       string       `json:"transport,omitempty"`
+	RTTMillis       float64      `json:"rtt_ms,omitempty"`
+	CoreEpoch       uint64       `json:"core_epoch"`
+	PubCursor       uint64       `json:"pub_cursor"`
+	PendingRequests int          `json:"pending_requests"`
+	MinionsPub      int64        `json:"minions_subscribed"`
+	MinionsRet      int64        `json:"minion_req_sockets"`
+	PoolCap         int          `json:"pool_cap"` // min(--max-connections, minions, ≥ 1)
+	Connections     []ConnStatus `json:"connections"`
+}
+
+// ConnStatus is one connection of the pool.
+type ConnStatus struct {
+	Conn             uint32  `json:"conn"` // its slot, as POST /debug/close-connection?conn= takes it
+	Transport        string  `json:"transport"`
+	Anchor           bool    `json:"anchor"` // the connection the connect loop keeps up; the others are the sizer's
+	Publications     bool    `json:"publications"`
+	Retiring         bool    `json:"retiring,omitempty"`
+	PingRTTMillis    float64 `json:"ping_rtt_ms"`
+	SmoothedRTTMs    float64 `json:"smoothed_rtt_ms"`
+	MinRTTMs         float64 `json:"min_rtt_ms"`
+	CongestionWindow uint64  `json:"congestion_window_bytes"`
+	LossRatio        float64 `json:"loss_ratio"` // over the sizer's last interval
+	Requests         int64   `json:"requests_in_flight"`
+	RequestBytes     int64   `json:"request_bytes_in_flight"`
 }
 
 // Ready reports whether a connection to the core is up.
-func (e *Edge) Ready() bool {
-	c, _ := e.currentConn()
-	return c != nil
-}
+func (e *Edge) Ready() bool { return e.pool.size() > 0 }
+
+func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // Status returns the edge's state now.
 func (e *Edge) Status() Status {
@@ -28,11 +48,22 @@ func (e *Edge) Status() Status {
 	s := Status{
 		Role: "edge", Core: e.cfg.CoreAddr, CoreEpoch: epoch, PubCursor: cursor,
 		PendingRequests: e.reqs.size(), MinionsPub: e.pub.Stats().Peers, MinionsRet: e.router.Stats().Peers,
+		PoolCap: e.capacity(), Connections: []ConnStatus{},
 	}
-	if c, _ := e.currentConn(); c != nil {
-		s.Connected = true
-		s.Transport = c.sess.Transport()
-		s.RTTMillis = float64(time.Duration(c.rtt.Load()).Microseconds()) / 1000
+	conns, _ := e.pool.snapshot()
+	for _, c := range conns {
+		st := c.sess.Stats()
+		s.Connections = append(s.Connections, ConnStatus{
+			Conn: c.slot, Transport: c.sess.Transport(), Anchor: c.anchor, Publications: c.carriesPubs.Load(), Retiring: c.retiring.Load(),
+			PingRTTMillis: millis(time.Duration(c.rtt.Load())), SmoothedRTTMs: millis(st.SmoothedRTT), MinRTTMs: millis(st.MinRTT),
+			CongestionWindow: st.CongestionWindow, LossRatio: math.Float64frombits(c.lossRate.Load()),
+			Requests: c.inflight.Load(), RequestBytes: c.inflightBytes.Load(),
+		})
+		if c.anchor || !s.Connected {
+			s.Connected = true
+			s.Transport = c.sess.Transport()
+			s.RTTMillis = millis(time.Duration(c.rtt.Load()))
+		}
 	}
 	return s
 }

@@ -175,6 +175,7 @@ func TestBadSettingsAreRefused(t *testing.T) {
 		{edgeBase, "--retry-chain", []string{"-1", notInt}},
 		{edgeBase, "--drain-timeout", []string{"-1s", notDuration}},
 		{edgeBase, "--max-minions", []string{"-1", notInt}},
+		{edgeBase, "--max-connections", []string{"-1", notInt}},
 		{edgeBase, "--max-message-size", []string{"-1", "2147483648", notInt}},
 	}
 	// Every numeric and duration flag has its row: a new flag without one fails here.
@@ -271,7 +272,7 @@ func TestGoodSettingsStart(t *testing.T) {
 		{append(append([]string{"edge", "--core", "127.0.0.1:1", "--bind", "127.0.0.1", "--pub-port", freePort(t),
 			"--ret-port", freePort(t), "--admin", ""}, edgeTLS...),
 			zero("--quic-probe-interval", "--max-pending", "--max-pending-bytes", "--auth-max-age", "--request-max-age", "--retry-window",
-				"--retry-chain", "--drain-timeout", "--max-minions", "--max-message-size")...), "edge started"},
+				"--retry-chain", "--drain-timeout", "--max-minions", "--max-connections", "--max-message-size")...), "edge started"},
 	} {
 		t.Run(tc.args[0], func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), exitBound)

@@ -107,7 +107,7 @@ Example:
 			if err != nil {
 				return err
 			}
-			return runWithAdmin(c.Context, c.String("admin"), reg, k.Ready, func() any { return k.Status() }, k.Run)
+			return runWithAdmin(c.Context, c.String("admin"), reg, k.Ready, func() any { return k.Status() }, k.Run, nil)
 		},
 	}
 }
@@ -140,6 +140,8 @@ Example:
 			&cli.IntFlag{Name: "retry-chain", Value: 3, Usage: "tries in one minion retry chain (Salt's return_retry_tries)", EnvVars: env("retry-chain")},
 			&cli.DurationFlag{Name: "drain-timeout", Value: edge.DefaultDrainTimeout, Usage: "on SIGTERM, wait at most this long for the replies to requests already taken from minions, so a restart does not make them retry returns the master has; 0 stops at once", EnvVars: env("drain-timeout")},
 			&cli.IntFlag{Name: "max-minions", Value: 20_000, Usage: "connections accepted on each minion port", EnvVars: env("max-minions")},
+			&cli.IntFlag{Name: "max-connections", Value: edge.DefaultMaxConnections, Usage: "most connections to the core in the edge's pool; it grows past one when requests wait and loss looks random, and never past the minions connected (docs/architecture.md)", EnvVars: env("max-connections")},
+			&cli.StringFlag{Name: "tcp-congestion", Usage: "TCP congestion control for the TCP transport's sockets, e.g. bbr, where the kernel allows it (\"\": the system default)", EnvVars: env("tcp-congestion")},
 		}, tlsFlags()...), commonFlags("127.0.0.1:9511")...),
 		Before: chain(loadConfigFile(map[string]string{"publish_port": "pub-port", "ret_port": "ret-port", "master": "core"}),
 			requireFlags("core", "ca", "cert", "key")),
@@ -160,7 +162,7 @@ Example:
 			if err != nil {
 				return err
 			}
-			dial := tunnel.DialOptions{Mode: mode, Proxy: tunnel.ProxyFromEnvironment}
+			dial := tunnel.DialOptions{Mode: mode, Proxy: tunnel.ProxyFromEnvironment, TCPCongestion: c.String("tcp-congestion")}
 			if p := c.String("proxy"); p != "" {
 				if dial.Proxy, err = tunnel.ProxyURL(p); err != nil {
 					return fmt.Errorf("--proxy: %w", err)
@@ -194,11 +196,14 @@ Example:
 				cfg.DrainTimeout = -1 // stop at once
 			}
 			cfg.ZMTP.MaxPeers = c.Int("max-minions")
+			cfg.MaxConnections = c.Int("max-connections")
 			e, err := edge.New(cfg)
 			if err != nil {
 				return err
 			}
-			return runWithAdmin(c.Context, c.String("admin"), reg, e.Ready, func() any { return e.Status() }, e.Run)
+			return runWithAdmin(c.Context, c.String("admin"), reg, e.Ready, func() any { return e.Status() }, e.Run, func(s *admin.Server) {
+				s.HandleDebug("close-connection", admin.CloseConnection(e.CloseConnection, slog.Default()))
+			})
 		},
 	}
 }
@@ -210,7 +215,9 @@ func newRegistry() *prometheus.Registry {
 }
 
 // runWithAdmin runs the service and, beside it, the admin endpoint.
-func runWithAdmin(ctx context.Context, addr string, reg *prometheus.Registry, ready func() bool, status func() any, run func(context.Context) error) error {
+// debug, when set, adds the service's debug endpoints (served on loopback only).
+func runWithAdmin(ctx context.Context, addr string, reg *prometheus.Registry, ready func() bool, status func() any, run func(context.Context) error,
+	debug func(*admin.Server)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -218,6 +225,9 @@ func runWithAdmin(ctx context.Context, addr string, reg *prometheus.Registry, re
 		srv, err := admin.Listen(addr, reg, ready, status, slog.Default())
 		if err != nil {
 			return fmt.Errorf("%w (use --admin to pick another address, or --admin '' to disable)", err)
+		}
+		if debug != nil {
+			debug(srv)
 		}
 		slog.Info("admin endpoint listening", "addr", srv.Addr())
 		wg.Go(func() { srv.Serve(ctx) })

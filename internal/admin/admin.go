@@ -1,7 +1,8 @@
 // Package admin serves the operator's HTTP endpoints of edge and core on a loopback
 // address: /metrics (Prometheus), /healthz (the process runs), /readyz (the edge:
 // its tunnel is up; the core: both of its sockets are connected to the master) and
-// /status (the state `broker status` prints, as JSON).
+// /status (the state `broker status` prints, as JSON); on loopback only, the
+// edge's POST /debug/close-connection?conn=N.
 package admin
 
 import (
@@ -12,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +23,7 @@ import (
 // Server is the admin endpoint.
 type Server struct {
 	srv *http.Server
+	mux *http.ServeMux
 	ln  net.Listener
 	log *slog.Logger
 }
@@ -50,10 +53,55 @@ func Listen(addr string, gatherer prometheus.Gatherer, ready func() bool, status
 	})
 	s := &Server{
 		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute},
+		mux: mux,
 		ln:  ln,
 		log: log,
 	}
 	return s, nil
+}
+
+// Loopback reports whether the endpoint is bound to a loopback address only.
+func (s *Server) Loopback() bool {
+	a, ok := s.ln.Addr().(*net.TCPAddr)
+	return ok && a.IP.IsLoopback()
+}
+
+// HandleDebug serves h at /debug/<name>, for POST only, if the endpoint is bound
+// to loopback: debug endpoints act (close a connection...), so one must not be
+// reachable from the network because an operator moved --admin to serve
+// /metrics to a scraper. Off loopback it is not served, and that is logged.
+func (s *Server) HandleDebug(name string, h http.HandlerFunc) {
+	path := "/debug/" + name
+	if !s.Loopback() {
+		s.log.Warn("admin debug endpoint not served: the admin address is not loopback", "path", path, "admin", s.ln.Addr())
+		return
+	}
+	s.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			http.Error(w, path+" takes POST\n", http.StatusMethodNotAllowed)
+			return
+		}
+		h(w, r)
+	})
+}
+
+// CloseConnection is the handler of POST /debug/close-connection?conn=N: close
+// ends connection N now (false: there is none) — to see a failover happen.
+func CloseConnection(close func(conn uint32) bool, log *slog.Logger) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseUint(r.URL.Query().Get("conn"), 10, 32)
+		if err != nil {
+			http.Error(w, "want ?conn=N, a connection number from /status\n", http.StatusBadRequest)
+			return
+		}
+		if !close(uint32(n)) {
+			http.Error(w, fmt.Sprintf("no connection %d (see /status)\n", n), http.StatusNotFound)
+			return
+		}
+		log.Warn("connection to the core closed by the operator", "conn", n, "remote", r.RemoteAddr)
+		_, _ = fmt.Fprintf(w, "connection %d closed\n", n)
+	}
 }
 
 // Addr is the bound address.

@@ -1,0 +1,254 @@
+package edge
+
+import (
+	"context"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/salt-broker/salt-broker/tunnel"
+)
+
+// The sizer's rule (docs/architecture.md, "The pool"). Every sizeEvery it looks at
+// each connection's transport figures over the last interval and moves the pool by
+// at most one connection:
+//
+//   - grow when requests wait — even the least-loaded connection had more bytes in
+//     flight than its congestion window — and the loss looks random: over
+//     randomLoss of the packets sent were lost while the smoothed RTT stayed under
+//     randomRTT × the minimum RTT. Random loss (a noisy radio, a lossy peering)
+//     shrinks a loss-based window (Reno) for nothing: a second window doubles what
+//     gets through without queueing anything anywhere.
+//   - step back when the RTT climbs with loss: smoothed RTT over congestedRTT ×
+//     the minimum with packets lost. That is a queue building at a bottleneck:
+//     real congestion, shared with other flows; the pool must not push harder than
+//     the flows it replaces, so it gives a window back.
+//   - shrink when idle: no request for idleAfter.
+//   - never exceed min(--max-connections, minions connected, ≥ 1): fifty minions
+//     had fifty windows; the pool never has more than the minions it carries.
+const (
+	sizeEvery    = time.Second
+	randomLoss   = 0.005
+	randomRTT    = 1.5
+	congestedRTT = 2.0
+	idleAfter    = 30 * time.Second
+	// minPackets: below this many packets in an interval a loss rate says nothing
+	// (one loss in ten packets is not 10 %).
+	minPackets = 30
+	// settleTicks: after a change, the next decision waits this many intervals, so
+	// the new connection's figures (its minimum RTT, its window) mean something.
+	settleTicks = 2
+)
+
+// Reasons of pool changes, the label of salt_broker_edge_tunnel_pool_changes_total.
+const (
+	grewRandomLoss  = "random_loss" // grew: requests wait and loss looks random
+	shrankCongested = "congestion"  // shrank: RTT climbs with loss
+	shrankIdle      = "idle"        // shrank: no request for idleAfter
+	shrankCap       = "cap"         // shrank: past min(--max-connections, minions)
+	shrankTransport = "transport"   // shrank: on another transport than the anchor (it moved back to QUIC)
+	connLost        = "lost"        // a connection ended by itself (stall, the core, the operator)
+)
+
+var poolChangeReasons = []string{grewRandomLoss, shrankCongested, shrankIdle, shrankCap, shrankTransport, connLost}
+
+// sizeInput is what one decision is made from: the pool's figures over the last
+// interval.
+type sizeInput struct {
+	size, cap int     // usable connections now; the most allowed
+	waiting   bool    // every usable connection had more bytes in flight than its window
+	idle      bool    // no request for idleAfter
+	sent      uint64  // packets sent in the interval, all connections
+	lost      uint64  // packets lost in the interval, all connections
+	rttRatio  float64 // the largest smoothed / minimum RTT of the connections
+}
+
+// decide is the rule, a pure function: +1, -1 or 0 connections, and why.
+func decide(in sizeInput) (int, string) {
+	if in.size > in.cap {
+		return -1, shrankCap
+	}
+	if in.size > 1 && in.lost > 0 && in.rttRatio > congestedRTT {
+		return -1, shrankCongested
+	}
+	if in.size > 1 && in.idle {
+		return -1, shrankIdle
+	}
+	if in.size < in.cap && in.waiting && in.sent >= minPackets &&
+		float64(in.lost)/float64(in.sent) > randomLoss && in.rttRatio < randomRTT {
+		return 1, grewRandomLoss
+	}
+	return 0, ""
+}
+
+// capacity is the most connections allowed now: min(--max-connections, minions
+// connected, at least 1). Minions are the larger of the publish and ret ports'
+// connections (a Salt minion holds one of each; a tool may hold only a REQ).
+func (e *Edge) capacity() int {
+	return poolCap(e.cfg.MaxConnections, int(max(e.pub.Stats().Peers, e.router.Stats().Peers)))
+}
+
+func poolCap(maxConns, minions int) int { return max(1, min(maxConns, minions)) }
+
+// sizerLoop runs the rule every sizeEvery until ctx ends, and owns the extra
+// connections it adds: it waits for every one of them before it returns.
+func (e *Edge) sizerLoop(ctx context.Context) {
+	var extras sync.WaitGroup
+	defer extras.Wait()
+	t := time.NewTicker(sizeEvery)
+	defer t.Stop()
+	prev := map[*conn]tunnel.Stats{}
+	settle := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		conns, _ := e.pool.snapshot()
+		in, anchor, stats := e.sample(conns, prev)
+		prev = stats
+		if anchor == nil {
+			continue // the connect loop is bringing the link back
+		}
+		// Extras follow the anchor's transport: on the fallback they are TCP, and
+		// when the anchor moves back to QUIC they are replaced by QUIC ones.
+		for _, c := range conns {
+			if c.usable() && !c.anchor && c.sess.Transport() != anchor.sess.Transport() {
+				e.change(-1, shrankTransport, in, func() { c.retire("the pool moved to " + anchor.sess.Transport()) })
+			}
+		}
+		if settle > 0 {
+			settle--
+			continue
+		}
+		delta, why := decide(in)
+		switch {
+		case delta > 0:
+			mode := tunnel.Mode(anchor.sess.Transport())
+			if e.grow(ctx, mode, &extras) {
+				e.change(1, why, in, nil)
+				settle = settleTicks
+			}
+		case delta < 0:
+			if v := victim(conns); v != nil {
+				e.change(-1, why, in, func() { v.retire(why) })
+				settle = settleTicks
+			}
+		}
+	}
+}
+
+// sample reads each connection's figures, sets their loss rates and peaks for the
+// next interval, and returns the decision's input, the anchor and the figures to
+// compare with next time.
+func (e *Edge) sample(conns []*conn, prev map[*conn]tunnel.Stats) (sizeInput, *conn, map[*conn]tunnel.Stats) {
+	now := time.Now()
+	in := sizeInput{cap: e.capacity(), idle: e.pool.idleFor(now) > idleAfter}
+	next := make(map[*conn]tunnel.Stats, len(conns))
+	var anchor *conn
+	waiting := true
+	for _, c := range conns {
+		st := c.sess.Stats()
+		next[c] = st
+		peak := c.peakBytes.Swap(c.inflightBytes.Load())
+		if !c.usable() {
+			continue
+		}
+		in.size++
+		if c.anchor {
+			anchor = c
+		}
+		waiting = waiting && st.CongestionWindow > 0 && uint64(peak) > st.CongestionWindow
+		if st.MinRTT > 0 {
+			in.rttRatio = max(in.rttRatio, float64(st.SmoothedRTT)/float64(st.MinRTT))
+		}
+		p, ok := prev[c]
+		if !ok {
+			continue // new: no interval yet
+		}
+		sent := sub(st.PacketsSent, p.PacketsSent)
+		lost := sub(st.PacketsLost, p.PacketsLost) // QUIC's count may go down (a late packet)
+		in.sent += sent
+		in.lost += lost
+		if sent > 0 {
+			c.lossRate.Store(math.Float64bits(float64(lost) / float64(sent)))
+		}
+	}
+	in.waiting = waiting && in.size > 0
+	return in, anchor, next
+}
+
+func sub(a, b uint64) uint64 {
+	if a < b {
+		return 0
+	}
+	return a - b
+}
+
+// victim is the connection to retire: never the anchor; one not carrying the
+// publication stream if there is one (the stream moves as seldom as can be); then
+// the fewest requests in flight.
+func victim(conns []*conn) *conn {
+	var best *conn
+	for _, c := range conns {
+		if c.anchor || !c.usable() {
+			continue
+		}
+		if best == nil || (best.carriesPubs.Load() && !c.carriesPubs.Load()) ||
+			(best.carriesPubs.Load() == c.carriesPubs.Load() && c.inflight.Load() < best.inflight.Load()) {
+			best = c
+		}
+	}
+	return best
+}
+
+// change logs and counts one pool change, then makes it (do may be nil: done).
+func (e *Edge) change(delta int, why string, in sizeInput, do func()) {
+	loss := 0.0
+	if in.sent > 0 {
+		loss = float64(in.lost) / float64(in.sent)
+	}
+	msg := "tunnel pool grows: one more connection to the core"
+	if delta < 0 {
+		msg = "tunnel pool shrinks: one connection fewer"
+	}
+	e.log.Info(msg, "reason", why, "connections", in.size+delta, "cap", in.cap,
+		"loss", math.Round(loss*10000)/10000, "rtt_ratio", math.Round(in.rttRatio*100)/100, "requests_waiting", in.waiting)
+	e.metrics.poolChanges.WithLabelValues(why).Inc()
+	if do != nil {
+		do()
+	}
+}
+
+// grow dials one more connection on the anchor's transport, through the edge's
+// one Dialer (so QUIC ones share its UDP socket), says hello in a free slot and
+// runs it, owned by extras. False if it did not come up (logged; the rule asks
+// again next interval).
+func (e *Edge) grow(ctx context.Context, mode tunnel.Mode, extras *sync.WaitGroup) bool {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	sess, err := e.dialer.DialMode(dctx, e.cfg.CoreAddr, mode)
+	if err != nil {
+		e.log.Debug("extra connection to the core failed", "err", err)
+		return false
+	}
+	slot := e.pool.reserveSlot()
+	c, err := e.handshake(ctx, sess, slot, false)
+	if err != nil {
+		e.pool.releaseSlot(slot)
+		_ = sess.CloseWithError("handshake failed")
+		e.log.Warn("extra connection to the core refused at the hello", "err", err)
+		return false
+	}
+	e.pool.add(c)
+	extras.Go(func() {
+		reason := c.run()
+		e.pool.remove(c)
+		if !c.retiring.Load() && ctx.Err() == nil {
+			e.metrics.poolChanges.WithLabelValues(connLost).Inc()
+			e.log.Info("tunnel pool: a connection ended", "conn", c.slot, "reason", reason, "connections", e.pool.size())
+		}
+	})
+	return true
+}
