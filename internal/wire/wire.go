@@ -135,14 +135,42 @@ func (r *Reader) Next() (Type, []byte, error) {
 		}
 		return Type(hdr[0]), prefix, fmt.Errorf("%s record of %d bytes (max %d): %w", Type(hdr[0]), n, r.max, ErrTooLarge)
 	}
-	if cap(r.buf) < int(n) {
-		r.buf = make([]byte, n)
-	}
-	body := r.buf[:n]
-	if _, err := io.ReadFull(r.r, body); err != nil {
+	body, err := r.readBody(int(n))
+	if err != nil {
 		return 0, nil, noEOF(err)
 	}
 	return Type(hdr[0]), body, nil
+}
+
+// growStep is the most a record's buffer grows before its bytes arrive. A header
+// alone may declare up to the maximum (64 MiB); allocating that at once would let
+// a peer that trickles a byte now and then pin the memory of every stream it
+// opens. The buffer doubles as the body arrives instead, so what is held follows
+// what was received.
+const growStep = 64 << 10
+
+func (r *Reader) readBody(n int) ([]byte, error) {
+	if cap(r.buf) >= n {
+		body := r.buf[:n]
+		_, err := io.ReadFull(r.r, body)
+		return body, err
+	}
+	body := r.buf[:0]
+	for len(body) < n {
+		want := min(n, len(body)+max(len(body), growStep))
+		if cap(body) < want {
+			grown := make([]byte, len(body), want)
+			copy(grown, body)
+			body = grown
+		}
+		got := len(body)
+		body = body[:want]
+		if _, err := io.ReadFull(r.r, body[got:]); err != nil {
+			return nil, err
+		}
+	}
+	r.buf = body
+	return body, nil
 }
 
 // Expect reads the next record and fails unless it has type t.

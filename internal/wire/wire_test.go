@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"math"
@@ -208,5 +209,42 @@ func TestHelloConnSlot(t *testing.T) {
 	old := e.U32(Version).String("e").U64(9).U64(0).U64(0).U32(0).Body()
 	if _, err := DecodeHello(old); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("a hello without a slot decoded: %v", err)
+	}
+}
+
+// trickle yields the header of a record declaring size bytes, then the first bytes
+// of its body, then blocks on more (io.ErrNoProgress after that, as a stalled peer).
+type trickle struct{ data []byte }
+
+func (t *trickle) Read(p []byte) (int, error) {
+	if len(t.data) == 0 {
+		return 0, io.ErrNoProgress
+	}
+	n := copy(p, t.data)
+	t.data = t.data[n:]
+	return n, nil
+}
+
+// A header declaring the maximum does not make the reader allocate it before the
+// bytes arrive: what a stalled peer pins follows what it sent.
+func TestReaderBufferFollowsWhatArrived(t *testing.T) {
+	const declared = 64 << 20
+	hdr := Append(nil, TRequest, nil)
+	binary.BigEndian.PutUint32(hdr[1:], declared)
+	rd := NewReader(&trickle{data: append(hdr, make([]byte, 100)...)}, declared)
+	if _, _, err := rd.Next(); !errors.Is(err, io.ErrNoProgress) {
+		t.Fatalf("a stalled body: %v", err)
+	}
+	if c := cap(rd.buf); c > growStep {
+		t.Errorf("buffer of %d bytes for 100 received: want at most %d", c, growStep)
+	}
+	// A whole large record still reads, and its buffer is kept for the next.
+	body := bytes.Repeat([]byte{7}, 3<<20)
+	rd = NewReader(bytes.NewReader(Append(Append(nil, TReply, body), TReply, []byte("x"))), declared)
+	if _, got, err := rd.Next(); err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("3 MiB record: %v, %d bytes", err, len(got))
+	}
+	if _, got, err := rd.Next(); err != nil || string(got) != "x" {
+		t.Fatalf("after it: %q %v", got, err)
 	}
 }
