@@ -246,6 +246,7 @@ func (c *Core) runSweeper(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		c.forgetSessions(c.table.now())
 		timedOut, expired := c.table.sweep(c.cfg.MasterTimeout)
 		for range timedOut {
 			<-c.slots

@@ -259,39 +259,86 @@ func (e *edgeConn) serveControl(st tunnel.Stream, rd *wire.Reader, body []byte) 
 }
 
 // claimSession binds an edge session to the certificate of a connection that says
-// hello with it. While any connection holds the session, a hello with the same
-// session from another certificate is refused: it is an edge impersonating another
-// (or two edges sharing one session file), and either way not to be served.
+// hello with it. The first certificate to use a session holds it while any of its
+// connections is open and for --dedup-ttl after the last one closed (as long as
+// the core may still see its requests re-sent): a hello with that session from
+// another certificate is refused — an edge impersonating another (the session is
+// logged), or two edges sharing one session file, and either way not to be served.
+// Holding it past the last connection is what keeps an impersonator from taking
+// the session while its edge is cut off and then locking the edge out.
 func (c *Core) claimSession(k sessionKey) (holder string, ok bool) {
+	now := c.table.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	o := c.sessions[k.session]
-	if o.conns > 0 && o.cert != k.cert {
+	o, known := c.sessions[k.session]
+	if known && o.cert != k.cert && (o.conns > 0 || now.Sub(o.idleSince) < c.cfg.Table.TTL) {
 		return o.cert, false
 	}
-	c.sessions[k.session] = sessionOwner{cert: k.cert, conns: o.conns + 1}
+	if !known || o.cert != k.cert {
+		o = sessionOwner{cert: k.cert}
+		if !known && len(c.sessions) >= c.maxSessions() {
+			c.forgetOldestSessionLocked(now)
+		}
+	}
+	o.conns++
+	c.sessions[k.session] = o
 	return "", true
 }
 
 func (c *Core) releaseSession(k sessionKey) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	o := c.sessions[k.session]
-	if o.cert != k.cert {
+	o, known := c.sessions[k.session]
+	if !known || o.cert != k.cert {
 		return
 	}
 	if o.conns--; o.conns <= 0 {
-		delete(c.sessions, k.session)
-	} else {
-		c.sessions[k.session] = o
+		o.conns, o.idleSince = 0, c.table.now()
+	}
+	c.sessions[k.session] = o
+}
+
+// maxSessions bounds the sessions remembered: one per request the table may hold
+// is far more than real edges use, and keeps an edge minting sessions bounded.
+func (c *Core) maxSessions() int { return max(c.cfg.Table.Entries, 1) }
+
+// forgetSessions drops the sessions idle for longer than --dedup-ttl; the
+// sweeper calls it every second.
+func (c *Core) forgetSessions(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, o := range c.sessions {
+		if o.conns == 0 && now.Sub(o.idleSince) >= c.cfg.Table.TTL {
+			delete(c.sessions, id)
+		}
 	}
 }
 
-// sessionOwner is the certificate holding an edge session, and how many of its
-// connections are open.
+// forgetOldestSessionLocked makes room for a new session when the bound is reached
+// (an edge is minting sessions): the one idle longest goes first. Should none be
+// idle, the map grows past its bound by the connections open, which are bounded
+// by the listener.
+func (c *Core) forgetOldestSessionLocked(now time.Time) {
+	var oldest uint64
+	var found bool
+	var at time.Time
+	for id, o := range c.sessions {
+		if o.conns == 0 && (!found || o.idleSince.Before(at)) {
+			oldest, at, found = id, o.idleSince, true
+		}
+	}
+	if found {
+		delete(c.sessions, oldest)
+		c.metrics.sessionsForgotten.Inc()
+	}
+}
+
+// sessionOwner is the certificate holding an edge session, how many of its
+// connections are open, and since when none is.
 type sessionOwner struct {
-	cert  string
-	conns int
+	cert      string
+	conns     int
+	idleSince time.Time
 }
 
 // supersede closes the older connection in e's slot of its edge session. An edge

@@ -139,15 +139,10 @@ func (l *masterLink) ready() bool {
 	return l != nil && l.sub.connected() && l.dealer.connected()
 }
 
-// logMasterChange is the watches' onChange: a log line and a gauge per change.
+// logMasterChange is the watches' onChange: a log line per change (the gauge reads the watches).
 func (c *Core) logMasterChange(log *slog.Logger) func(string, bool) {
 	var ever sync.Map // socket -> connected once
 	return func(socket string, up bool) {
-		g := 0.0
-		if up {
-			g = 1
-		}
-		c.metrics.masterConnected.WithLabelValues(strings.ToLower(socket)).Set(g)
 		_, again := ever.LoadOrStore(socket, true)
 		switch {
 		case up && again:

@@ -12,7 +12,7 @@ type metrics struct {
 	badReplies, lateReplies              prometheus.Counter
 	protocolErrors                       *prometheus.CounterVec
 	refusedEdges                         *prometheus.CounterVec
-	masterConnected                      *prometheus.GaugeVec
+	sessionsForgotten                    prometheus.Counter
 	oversize                             *prometheus.CounterVec
 
 	bulkWaits          prometheus.Counter     // large replies that queued at their connection's gate
@@ -28,23 +28,41 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help})
 	}
 	m := &metrics{
-		pubsIn:           counter("master_publications_total", "Publications read from the master's PUB socket."),
-		pubBytesIn:       counter("master_publication_bytes_total", "Payload bytes of publications read from the master."),
-		pubsOut:          counter("edge_publications_sent_total", "Publications written to edges (replays included)."),
-		gapPubs:          counter("publication_gap_total", "Publications an edge missed because they left the replay ring first."),
-		ringHead:         gauge("ring_head_sequence", "Sequence number of the newest publication."),
-		edges:            gauge("edges_connected", "Edge connections open now."),
-		requests:         prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total", Help: "Requests received from edges, by outcome: accepted, resent (a known ID; never sent to the master twice), busy (table or queue full), too_large; and expired: accepted but refused as stale, having waited for a slot at the master longer than its edge allowed."}, []string{"result"}),
-		requestsToMaster: counter("master_requests_total", "Requests sent to the master's ret port."),
-		masterSendErrors: counter("master_send_errors_total", "Requests zmq4 failed to queue towards the master."),
-		badReplies:       counter("master_bad_replies_total", "Messages from the master's ret port without our routing frame."),
-		lateReplies:      counter("master_late_replies_total", "Replies from the master after their request timed out or was forgotten."),
-		protocolErrors:   prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tunnel_protocol_errors_total", Help: "Tunnel streams closed because an edge broke the protocol, by kind."}, []string{"kind"}),
-		masterConnected:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "master_connected", Help: "1 while the core's socket (sub or dealer) has a TCP connection to the master."}, []string{"socket"}),
-		refusedEdges:     prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "edges_refused_total", Help: "Edge connections refused at the hello, by reason: version (protocol mismatch), session_of_another_certificate (an edge session another certificate holds)."}, []string{"reason"}),
-		oversize:         prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "oversize_total", Help: "Publications and replies from the master dropped for exceeding --max-message-size."}, []string{"kind"}),
+		pubsIn:            counter("master_publications_total", "Publications read from the master's PUB socket."),
+		pubBytesIn:        counter("master_publication_bytes_total", "Payload bytes of publications read from the master."),
+		pubsOut:           counter("edge_publications_sent_total", "Publications written to edges (replays included)."),
+		gapPubs:           counter("publication_gap_total", "Publications an edge missed because they left the replay ring first."),
+		ringHead:          gauge("ring_head_sequence", "Sequence number of the newest publication."),
+		edges:             gauge("edges_connected", "Edge connections open now."),
+		requests:          prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total", Help: "Requests received from edges, by outcome: accepted, resent (a known ID; never sent to the master twice), busy (table or queue full), too_large; and expired: accepted but refused as stale, having waited for a slot at the master longer than its edge allowed."}, []string{"result"}),
+		requestsToMaster:  counter("master_requests_total", "Requests sent to the master's ret port."),
+		masterSendErrors:  counter("master_send_errors_total", "Requests zmq4 failed to queue towards the master."),
+		badReplies:        counter("master_bad_replies_total", "Messages from the master's ret port without our routing frame."),
+		lateReplies:       counter("master_late_replies_total", "Replies from the master after their request timed out or was forgotten."),
+		protocolErrors:    prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "tunnel_protocol_errors_total", Help: "Tunnel streams closed because an edge broke the protocol, by kind."}, []string{"kind"}),
+		sessionsForgotten: counter("edge_sessions_forgotten_total", "Idle edge sessions forgotten before --dedup-ttl to bound the table of sessions (an edge is minting sessions)."),
+		refusedEdges:      prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "edges_refused_total", Help: "Edge connections refused at the hello, by reason: version (protocol mismatch), session_of_another_certificate (an edge session another certificate holds)."}, []string{"reason"}),
+		oversize:          prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "oversize_total", Help: "Publications and replies from the master dropped for exceeding --max-message-size."}, []string{"kind"}),
 	}
-	ringGauges := []prometheus.Collector{
+	masterUp := func(socket string) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "master_connected",
+			Help: "1 while the core's socket (sub or dealer) has a TCP connection to the master.", ConstLabels: prometheus.Labels{"socket": socket}},
+			func() float64 {
+				l := c.master.Load()
+				if l == nil {
+					return 0
+				}
+				w := l.sub
+				if socket == "dealer" {
+					w = l.dealer
+				}
+				if w.connected() {
+					return 1
+				}
+				return 0
+			})
+	}
+	ringGauges := []prometheus.Collector{masterUp("sub"), masterUp("dealer"),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ring_messages", Help: "Publications held in the replay ring."}, func() float64 { return float64(c.ring.Stats().Count) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ring_bytes", Help: "Payload bytes held in the replay ring."}, func() float64 { return float64(c.ring.Stats().Bytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ring_oldest_age_seconds", Help: "Age of the oldest publication in the replay ring: how long an outage it can still replay."}, func() float64 { return c.ring.Stats().OldestAge.Seconds() }),
@@ -55,8 +73,6 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_queued_bytes", Help: "Bytes of the requests waiting for a slot at the master."}, func() float64 { _, b := c.table.queue(); return float64(b) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "dedup_reply_bytes", Help: "Bytes of replies cached until their edge confirms them."}, func() float64 { _, _, _, b := c.table.snapshot(); return float64(b) }),
 	}
-	m.masterConnected.WithLabelValues("sub")
-	m.masterConnected.WithLabelValues("dealer")
 	for _, k := range protocolErrorKinds {
 		m.protocolErrors.WithLabelValues(k)
 	}
@@ -79,7 +95,7 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		reg.MustRegister(m.bulkWaits, m.repliesUnconfirmed)
 		reg.MustRegister(bulkGauges...)
 		reg.MustRegister(m.pubsIn, m.pubBytesIn, m.pubsOut, m.gapPubs, m.ringHead, m.edges, m.requests,
-			m.requestsToMaster, m.masterSendErrors, m.badReplies, m.lateReplies, m.protocolErrors, m.refusedEdges, m.masterConnected, m.oversize)
+			m.requestsToMaster, m.masterSendErrors, m.badReplies, m.lateReplies, m.protocolErrors, m.refusedEdges, m.sessionsForgotten, m.oversize)
 		reg.MustRegister(ringGauges...)
 	}
 	return m

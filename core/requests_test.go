@@ -704,3 +704,47 @@ func TestTableFairShareBetweenEdges(t *testing.T) {
 		t.Error("the flooding certificate got an entry past its share")
 	}
 }
+
+// An edge session stays bound to its certificate after its last connection closes,
+// for as long as its requests may be re-sent (--dedup-ttl): another certificate
+// holder who read the session ID from a log cannot take it while the edge is cut
+// off and then lock the edge out. The bound on remembered sessions forgets the one
+// idle longest first.
+func TestSessionStaysBoundWhileItsEdgeIsAway(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c := &Core{cfg: Config{Table: TableLimits{Entries: 2, TTL: time.Minute}}, table: newTable(TableLimits{Entries: 2, TTL: time.Minute}),
+		sessions: make(map[uint64]sessionOwner)}
+	c.metrics = newMetrics(c, nil)
+	c.table.now = func() time.Time { return now }
+	real, rogue := sessionKey{"site-a", 7}, sessionKey{"rogue", 7}
+	if _, ok := c.claimSession(real); !ok {
+		t.Fatal("the first hello was refused")
+	}
+	c.releaseSession(real) // the link is cut
+	now = now.Add(30 * time.Second)
+	c.forgetSessions(now)
+	if holder, ok := c.claimSession(rogue); ok || holder != "site-a" {
+		t.Fatalf("another certificate took a session idle for 30 s: ok %v holder %q", ok, holder)
+	}
+	if _, ok := c.claimSession(real); !ok {
+		t.Fatal("the edge could not come back to its own session")
+	}
+	c.releaseSession(real)
+	now = now.Add(2 * time.Minute)
+	c.forgetSessions(now)
+	if _, ok := c.claimSession(rogue); !ok {
+		t.Fatal("a session idle past --dedup-ttl is still held")
+	}
+	// Bounded: a third session evicts the one idle longest.
+	c.releaseSession(rogue)
+	now = now.Add(time.Second)
+	if _, ok := c.claimSession(sessionKey{"site-b", 8}); !ok {
+		t.Fatal("second session")
+	}
+	if _, ok := c.claimSession(sessionKey{"site-c", 9}); !ok {
+		t.Fatal("third session")
+	}
+	if _, held := c.sessions[7]; held || len(c.sessions) != 2 {
+		t.Fatalf("sessions %v: want the idle one forgotten, 2 kept", c.sessions)
+	}
+}
