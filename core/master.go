@@ -123,10 +123,16 @@ func (c *Core) runDealerSend(ctx context.Context, dealer zmq4.Socket, connected 
 			if ctx.Err() != nil {
 				return
 			}
-			// The sweep times it out and frees its slot; the edge then tells the minion nothing
-			// and the minion's own retry takes over.
-			c.log.Warn("sending a request to the master failed", "err", err)
+			// zmq4 writes a message whole or breaks the connection (the master drops a
+			// torn message), so the master does not have it: refuse it at once and free
+			// its slot rather than hold both for --master-timeout. The minion's own
+			// retry takes over.
+			c.warns.Log(c.log, slog.LevelWarn, "", "sending a request to the master failed; the minion will retry it", "err", err)
 			c.metrics.masterSendErrors.Inc()
+			if c.table.fail(p.ticket, wire.RefusedBusy, "the core could not send it to the master") {
+				<-c.slots
+			}
+			continue
 		}
 		c.metrics.requestsToMaster.Inc()
 	}
