@@ -33,6 +33,10 @@ func (c *Config) Validate() error {
 
 		setting.AtLeast(f+"Table.Entries", c.Table.Entries, 1),
 		setting.AtLeast(f+"Table.ReplyBytes", c.Table.ReplyBytes, 1),
+		// A reply is cached until its edge confirms it; one larger than the whole cache
+		// is evicted as it arrives and could never be delivered.
+		setting.If("--max-message-size", c.MaxMessageSize, int64(c.MaxMessageSize) <= c.Table.ReplyBytes,
+			"must be at most the core's reply cache ("+strconv.FormatInt(c.Table.ReplyBytes, 10)+" bytes), or the largest reply could never be delivered"),
 		setting.NotNegative(f+"Table.QueueBytes", c.Table.QueueBytes, "the default"), // a request alone always passes
 		setting.Positive(f+"MasterTimeout", c.MasterTimeout),
 	}, setting.Tunnel(f+"Tunnel", c.Tunnel))

@@ -32,6 +32,7 @@ func TestConfigValidate(t *testing.T) {
 		{"ret port too big", func(c *Config) { c.MasterRetPort = 70000 }, "--master-ret-port", "70000"},
 		{"message size negative", func(c *Config) { c.MaxMessageSize = -5 }, "--max-message-size", "-5"},
 		{"message size too big", func(c *Config) { c.MaxMessageSize, c.Ring.Bytes = 2<<30, 4<<30 }, "--max-message-size", "2147483648"},
+		{"message size over the reply cache", func(c *Config) { c.MaxMessageSize, c.Ring.Bytes = 768<<20, 1<<30 }, "--max-message-size", "805306368"},
 		{"ring count", func(c *Config) { c.Ring.Count = -1 }, "--ring-count", "-1"},
 		{"ring bytes negative", func(c *Config) { c.Ring.Bytes = -1 }, "--ring-bytes", "-1"},
 		{"ring bytes below a message", func(c *Config) { c.MaxMessageSize, c.Ring.Bytes = 1001, 1000 }, "--ring-bytes", "1000"},
