@@ -99,12 +99,18 @@ func (t *reqTable) logLocked(level slog.Level, msg string, args ...any) {
 	}
 }
 
-// unlock releases mu, then writes the log lines queued under it.
+// unlock releases mu, then writes the log lines queued under it. Warnings go
+// through the edge's limiter: one sweep of the class policy after an outage drops
+// a whole backlog at once, and that is one line a second, not one per request.
 func (t *reqTable) unlock() {
 	lines := t.logs
 	t.logs = nil
 	t.mu.Unlock()
 	for _, l := range lines {
+		if l.level >= slog.LevelWarn {
+			t.e.warns.Log(t.e.log, l.level, "", l.msg, l.args...)
+			continue
+		}
 		t.e.log.Log(context.Background(), l.level, l.msg, l.args...)
 	}
 }
@@ -118,14 +124,14 @@ func (t *reqTable) wake() {
 
 func (t *reqTable) size() int {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	return len(t.byID)
 }
 
 // pendingBytes is the size of what the table holds (--max-pending-bytes).
 func (t *reqTable) pendingBytes() int64 {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	return t.bytes
 }
 
@@ -336,14 +342,14 @@ func (t *reqTable) forgetAnswersLocked(now time.Time) {
 func (t *reqTable) startDrain() {
 	t.mu.Lock()
 	t.draining = true
-	t.mu.Unlock()
+	t.unlock()
 }
 
 // sentUnanswered counts the requests that may have reached the core and have no
 // reply yet. Once draining, nothing new is sent, so it only goes down.
 func (t *reqTable) sentUnanswered() int {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	n := 0
 	for _, r := range t.byID {
 		if r.everSent {
@@ -357,7 +363,7 @@ func (t *reqTable) sentUnanswered() int {
 func (t *reqTable) connected(now time.Time) {
 	t.mu.Lock()
 	t.upSince = now
-	t.mu.Unlock()
+	t.unlock()
 }
 
 // peerGone is zmtp's callback when a minion socket closes. Its unsent requests go
@@ -507,7 +513,7 @@ func (e *Edge) deliver(r *edgeReq, reply [][]byte) {
 		e.metrics.replies.WithLabelValues("minion_gone").Inc()
 	default:
 		e.metrics.replies.WithLabelValues("send_failed").Inc()
-		e.log.Warn("reply could not be queued to its minion", "minion", r.env.ID, "err", err)
+		e.warns.Log(e.log, slog.LevelWarn, "", "reply could not be queued to its minion", "minion", r.env.ID, "err", err)
 	}
 }
 

@@ -302,7 +302,7 @@ func (t *reqTable) noteRecentLocked(r *edgeReq) {
 
 func (t *reqTable) takeCancels() []*edgeReq {
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer t.unlock()
 	out := t.cancels
 	t.cancels = nil
 	return out
@@ -332,7 +332,7 @@ func (t *reqTable) resolveRetry(r *edgeReq, result byte) {
 func (t *reqTable) retryCancelLater(r *edgeReq) {
 	t.mu.Lock()
 	t.cancels = append(t.cancels, r)
-	t.mu.Unlock()
+	t.unlock()
 }
 
 // goCancel asks the core to withdraw r's earlier try, then resolves the chain.
