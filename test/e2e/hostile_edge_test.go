@@ -158,8 +158,26 @@ func TestTrustedEdgeSpeakingNonsense(t *testing.T) {
 		want["bad_control"]++
 		_ = sess.CloseWithError("done")
 	}
-	// A stream before any hello waits for one, then is closed and counted.
+	// A malformed hello ends that connection, counted.
 	sess := r.dial(ctx, tunnel.ModeQUIC)
+	ctl, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = ctl.Write(wire.Append(nil, wire.THello, []byte{1, 2}))
+	_ = ctl.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, _, err := wire.NewReader(ctl, 1<<10).Next(); err == nil {
+		t.Error("the core answered a malformed hello")
+	}
+	want["bad_hello"]++
+	waitFor(t, ctx, "bad_hello counted", func() (bool, string) {
+		n := protocolErrors(t, s, "bad_hello")
+		return n == want["bad_hello"], fmt.Sprintf("bad_hello %v", n)
+	})
+	_ = sess.CloseWithError("done")
+
+	// A stream before any hello waits for one, then is closed and counted.
+	sess = r.dial(ctx, tunnel.ModeQUIC)
 	st, err := sess.OpenStream(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -294,6 +312,32 @@ func TestSessionOfAnotherEdge(t *testing.T) {
 	if _, typ, _, err := hello(ctx, sess, wire.RandomID()); err != nil || typ != wire.THelloAck {
 		t.Fatalf("rogue hello with its own session: %v %v", typ, err)
 	}
+	// A request under an ID the real edge used is the rogue's own: it goes to the
+	// master as a new request (the master counts it) and its answer is the master's
+	// answer to it, never the real edge's cached reply.
+	before, err := s.master.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := sess.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = wire.Write(st, wire.TRequest, wire.Request{ID: 1, Frames: [][]byte{[]byte("rogue's own")}}.Encode())
+	_ = st.SetReadDeadline(time.Now().Add(30 * time.Second))
+	body, err := wire.NewReader(st, 1<<20).Expect(wire.TReply)
+	if err != nil {
+		t.Fatalf("the rogue's request 1: %v", err)
+	}
+	rep, err := wire.DecodeReply(body)
+	if err != nil || len(rep.Frames) != 1 || !strings.Contains(string(rep.Frames[0]), "bad load") {
+		t.Errorf("the rogue's request 1 was answered with %q %v, want the master's answer to its own bytes", rep.Frames, err)
+	}
+	_ = wire.Write(st, wire.TDone, wire.U64Body(1))
+	_ = st.Close()
+	if after, _ := s.master.Stats(ctx); after.Bad != before.Bad+1 {
+		t.Errorf("the master saw %d bad requests, want the rogue's one (%d before)", after.Bad, before.Bad)
+	}
 	for id := uint64(1); id <= 3; id++ {
 		st, err := sess.OpenStream(ctx)
 		if err != nil {
@@ -305,7 +349,11 @@ func TestSessionOfAnotherEdge(t *testing.T) {
 		if err != nil {
 			t.Fatalf("cancel %d: %v", id, err)
 		}
-		if cr, err := wire.DecodeCancelReply(body); err != nil || cr.Result != wire.CancelDone {
+		want := wire.CancelDone
+		if id == 1 {
+			want = wire.CancelAtMaster // its own request 1, answered above
+		}
+		if cr, err := wire.DecodeCancelReply(body); err != nil || cr.Result != want {
 			t.Errorf("cancel %d of an ID only the real edge used: %+v %v, want it cancelled in the rogue's own space", id, cr, err)
 		}
 		_ = st.Close()
