@@ -843,7 +843,7 @@ func NewRouter(ln net.Listener, o Options) *Router {
 // that announces a taken identity take it over (ROUTER_HANDOVER).
 func (r *Router) register(p *peer) bool {
 	r.idMu.Lock()
-	defer r.idMu.Unlock()
+	var old *peer
 	if len(p.identity) == 0 || p.identity[0] == 0 {
 		// libzmq reserves identities starting with a zero byte for the ones it makes.
 		for {
@@ -853,12 +853,16 @@ func (r *Router) register(p *peer) bool {
 				break
 			}
 		}
-	} else if old := r.byID[string(p.identity)]; old != nil {
-		r.s.log.Info("identity handed over to a new connection", "identity", string(p.identity), "old", old.remote, "new", p.remote)
+	} else if old = r.byID[string(p.identity)]; old != nil {
 		delete(r.byID, string(p.identity))
 		old.shutdown()
 	}
 	r.byID[string(p.identity)] = p
+	r.idMu.Unlock()
+	if old != nil {
+		// A peer reconnecting in a loop with one identity must not flood the log.
+		r.s.logLimited(slog.LevelInfo, "handover", "identity handed over to a new connection", "identity", string(p.identity), "old", old.remote, "new", p.remote)
+	}
 	return true
 }
 
