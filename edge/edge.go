@@ -1,8 +1,9 @@
 // Package edge is the minion side of salt-broker: it serves the minions' ZeroMQ
 // sockets (PUB on the publish port, ROUTER on the ret port, through the hardened
-// internal/zmtp server) and carries them over one tunnel connection to the core.
-// It keeps every request until its reply arrives, re-sending it under the same ID on
-// the next connection, and resumes the publication stream from its cursor.
+// internal/zmtp server) and carries them over one tunnel session to the core: one
+// connection, or a pool of them where one congestion window is not enough (pool.go,
+// sizer.go). It keeps every request until its reply arrives, re-sending it under the
+// same ID on another connection, and resumes the publication stream from its cursor.
 package edge
 
 import (
