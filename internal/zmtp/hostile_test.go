@@ -276,7 +276,7 @@ func TestNonReadingSubscriberStallsNobody(t *testing.T) {
 	// judged: timings belong in benchmarks.)
 	attacked := round("with a stuck subscriber")
 	st := pub.Stats()
-	if st.Drops["queue_full"]+st.Drops["write_timeout"] == 0 {
+	if st.Drops["queue_full"]+st.Drops["queue_bytes"]+st.Drops["write_timeout"] == 0 {
 		t.Errorf("the stuck subscriber cost nothing? drops %v", st.Drops)
 	}
 	t.Logf("%d × 16 KiB to 3 readers: %s clean, %s with a stuck subscriber; drops %v", n, clean, attacked, st.Drops)
