@@ -68,8 +68,8 @@ func (c *Core) runSub(ctx context.Context, sub zmq4.Socket, w *masterWatch) erro
 			if ctx.Err() != nil {
 				return nil
 			}
-			if errs++; errs == 1 {
-				c.log.Warn("reading publications from the master failed; zmq4 reconnects by itself", "err", err)
+			if errs++; errs == 1 { // the watch logs the loss itself; this error comes with it, often just after the redial
+				c.log.Debug("reading publications from the master failed; zmq4 reconnects by itself", "err", err)
 			}
 			if !waitctx.Sleep(ctx, 50*time.Millisecond) {
 				return nil
@@ -171,8 +171,8 @@ func (c *Core) runDealerRecv(ctx context.Context, dealer zmq4.Socket) {
 			if ctx.Err() != nil {
 				return
 			}
-			if errs++; errs == 1 {
-				c.log.Warn("reading replies from the master failed; zmq4 reconnects by itself", "err", err)
+			if errs++; errs == 1 { // the watch logs the loss itself; this error comes with it, often just after the redial
+				c.log.Debug("reading replies from the master failed; zmq4 reconnects by itself", "err", err)
 			}
 			if !waitctx.Sleep(ctx, 50*time.Millisecond) {
 				return
@@ -211,7 +211,7 @@ func (c *Core) runDealerRecv(ctx context.Context, dealer zmq4.Socket) {
 
 // runMaster owns the two zmq4 sockets and their goroutines.
 func (c *Core) runMaster(ctx context.Context) error {
-	onChange := c.logMasterChange(c.log)
+	onChange := c.logMasterChange(ctx, c.log)
 	subWatch, err := newMasterWatch("SUB", onChange)
 	if err != nil {
 		return err

@@ -140,7 +140,7 @@ func (l *masterLink) ready() bool {
 }
 
 // logMasterChange is the watches' onChange: a log line per change (the gauge reads the watches).
-func (c *Core) logMasterChange(log *slog.Logger) func(string, bool) {
+func (c *Core) logMasterChange(ctx context.Context, log *slog.Logger) func(string, bool) {
 	var ever sync.Map // socket -> connected once
 	return func(socket string, up bool) {
 		_, again := ever.LoadOrStore(socket, true)
@@ -149,8 +149,11 @@ func (c *Core) logMasterChange(log *slog.Logger) func(string, bool) {
 			log.Info("connected to the master again", "socket", socket)
 		case up:
 			log.Info("connected to the master", "socket", socket)
+		case ctx.Err() != nil:
+			log.Debug("closed the connection to the master: the core is stopping", "socket", socket)
 		default:
-			log.Warn("lost the connection to the master; redialing every "+masterRetry.String()+" (check that salt-master runs and listens on its publish and ret ports)", "socket", socket)
+			// A master shutting down can flap a connection several times in a few ms.
+			c.warns.Log(log, slog.LevelWarn, "master lost "+socket, "lost the connection to the master; redialing every "+masterRetry.String()+" (check that salt-master runs and listens on its publish and ret ports)", "socket", socket)
 		}
 	}
 }
