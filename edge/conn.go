@@ -510,18 +510,19 @@ const retireWait = 30 * time.Second
 // unknown and the request must be re-sent.
 func (c *conn) exchange(r *edgeReq) error {
 	e := c.e
-	st, err := c.sess.OpenStream(c.ctx)
+	raw, err := c.sess.OpenStream(c.ctx)
 	if err != nil {
 		return fmt.Errorf("open request stream: %w", err)
 	}
-	defer st.Close()
-	stop := context.AfterFunc(c.ctx, func() { _ = st.Close() })
+	defer raw.Close()
+	// raw, never reassigned: the AfterFunc reads it from another goroutine.
+	stop := context.AfterFunc(c.ctx, func() { _ = raw.Close() })
 	defer stop()
 	// No deadline that progress can hit: every write and read on this stream fails
 	// only after WriteTimeout without progress. The reply's first byte is waited for
 	// without one — the master may take minutes, the core says so when it gives up
 	// (MasterTimeout), and a dead connection ends c.ctx, which closes st.
-	st = tunnel.IdleStream(st, e.cfg.WriteTimeout, true)
+	st := tunnel.IdleStream(raw, e.cfg.WriteTimeout, true)
 	release, err := c.admitUpload(r)
 	if err != nil {
 		return fmt.Errorf("wait to send request: %w", err)
