@@ -294,6 +294,38 @@ func (c *conn) probeQUIC() {
 	}
 }
 
+// watchProgress ends the connection when nothing at all arrived from the core —
+// no packet, no pong — for StallTimeout while a ping is unanswered. Progress is
+// sampled every PingInterval: the transport's count of what arrived moved, or a
+// pong came.
+func (c *conn) watchProgress() {
+	t := time.NewTicker(c.e.cfg.PingInterval)
+	defer t.Stop()
+	received := c.sess.Stats().PacketsReceived
+	progress := time.Now()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		if r := c.sess.Stats().PacketsReceived; r != received {
+			received, progress = r, now
+		}
+		if p := time.Unix(0, c.lastPong.Load()); p.After(progress) {
+			progress = p
+		}
+		unanswered := c.pingsSent.Load() - c.pongs.Load()
+		if quiet := now.Sub(progress); quiet > c.e.cfg.StallTimeout && unanswered > 0 {
+			c.e.metrics.stalls.Inc()
+			c.cancel(fmt.Errorf("%w: no packet from the core for %s with %d pings unanswered",
+				errStalled, quiet.Round(100*time.Millisecond), unanswered))
+			return
+		}
+	}
+}
+
 // runControl sends pings and cursor acks, and reads pongs. The connection is
 // stalled when nothing at all arrived from the core — no packet, no pong — for
 // StallTimeout while a ping is unanswered: end it so a fresh one is raced. A pong
@@ -323,13 +355,12 @@ func (c *conn) runControl(st tunnel.Stream, rd *wire.Reader) {
 			}
 		}
 	})
+	// The watch runs on its own: a ping write blocked behind a full send buffer (a
+	// blackout under load) must not hold up noticing that nothing arrives.
+	c.wg.Go(c.watchProgress)
 	t := time.NewTicker(c.e.cfg.PingInterval)
 	defer t.Stop()
 	var acked uint64
-	// Progress is sampled each tick: the transport's count of what arrived moved
-	// since the last tick, or a pong came.
-	received := c.sess.Stats().PacketsReceived
-	progress := time.Now()
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -337,19 +368,6 @@ func (c *conn) runControl(st tunnel.Stream, rd *wire.Reader) {
 		case <-t.C:
 		}
 		now := time.Now()
-		if r := c.sess.Stats().PacketsReceived; r != received {
-			received, progress = r, now
-		}
-		if p := time.Unix(0, c.lastPong.Load()); p.After(progress) {
-			progress = p
-		}
-		unanswered := c.pingsSent.Load() - c.pongs.Load()
-		if quiet := now.Sub(progress); quiet > c.e.cfg.StallTimeout && unanswered > 0 {
-			c.e.metrics.stalls.Inc()
-			c.cancel(fmt.Errorf("%w: no packet from the core for %s with %d pings unanswered",
-				errStalled, quiet.Round(100*time.Millisecond), unanswered))
-			return
-		}
 		buf := wire.Append(nil, wire.TPing, wire.U64Body(uint64(now.UnixNano())))
 		if _, cur := c.e.cursor.get(); cur != acked {
 			buf = wire.Append(buf, wire.TAck, wire.U64Body(cur))
