@@ -61,6 +61,8 @@ type sizeInput struct {
 	sent      uint64  // packets sent in the interval, all connections
 	lost      uint64  // packets lost in the interval, all connections
 	rttRatio  float64 // the largest smoothed / minimum RTT of the connections
+	// For the debug log: the least-loaded connection's peak bytes in flight and window.
+	peak, cwnd uint64
 }
 
 // decide is the rule, a pure function: +1, -1 or 0 connections, and why.
@@ -123,6 +125,9 @@ func (e *Edge) sizerLoop(ctx context.Context) {
 			continue
 		}
 		delta, why := decide(in)
+		e.log.Debug("tunnel pool sizing", "connections", in.size, "cap", in.cap, "requests_waiting", in.waiting, "idle", in.idle,
+			"packets_sent", in.sent, "packets_lost", in.lost, "rtt_ratio", math.Round(in.rttRatio*100)/100,
+			"least_loaded_peak_bytes", in.peak, "least_loaded_cwnd", in.cwnd, "move", delta, "reason", why)
 		switch {
 		case delta > 0:
 			mode := tunnel.Mode(anchor.sess.Transport())
@@ -160,6 +165,9 @@ func (e *Edge) sample(conns []*conn, prev map[*conn]tunnel.Stats) (sizeInput, *c
 			anchor = c
 		}
 		waiting = waiting && st.CongestionWindow > 0 && uint64(peak) > st.CongestionWindow
+		if in.size == 1 || uint64(peak)*in.cwnd < in.peak*st.CongestionWindow {
+			in.peak, in.cwnd = uint64(peak), st.CongestionWindow
+		}
 		if st.MinRTT > 0 {
 			in.rttRatio = max(in.rttRatio, float64(st.SmoothedRTT)/float64(st.MinRTT))
 		}
