@@ -16,16 +16,23 @@ import (
 //   - grow when requests wait — even the least-loaded connection had more bytes in
 //     flight than its congestion window — and the loss looks random: over
 //     randomLoss of the packets sent were lost while the smoothed RTT stayed under
-//     randomRTT × the minimum RTT. Random loss (a noisy radio, a lossy peering)
+//     randomRTT × the RTT floor. Random loss (a noisy radio, a lossy peering)
 //     shrinks a loss-based window (Reno) for nothing: a second window doubles what
 //     gets through without queueing anything anywhere.
 //   - step back when the RTT climbs with loss: smoothed RTT over congestedRTT ×
-//     the minimum with packets lost. That is a queue building at a bottleneck:
+//     the RTT floor with packets lost. That is a queue building at a bottleneck:
 //     real congestion, shared with other flows; the pool must not push harder than
 //     the flows it replaces, so it gives a window back.
 //   - shrink when idle: no request for idleAfter.
 //   - never exceed min(--max-connections, minions connected, ≥ 1): fifty minions
 //     had fifty windows; the pool never has more than the minions it carries.
+//
+// The RTT floor is the least smoothed RTT of the last floorWindow intervals, not the
+// connection's lifetime minimum: a path whose RTT moved for good (a new route, a
+// satellite hand-over, a link that came up before its delay did) would otherwise
+// read as a queue forever, and a lossy path would never grow its pool. Ten
+// seconds, as BBR's min-RTT filter: a queue builds within a few intervals and is
+// seen as it builds.
 const (
 	sizeEvery    = time.Second
 	randomLoss   = 0.005
@@ -36,8 +43,9 @@ const (
 	// (one loss in ten packets is not 10 %).
 	minPackets = 30
 	// settleTicks: after a change, the next decision waits this many intervals, so
-	// the new connection's figures (its minimum RTT, its window) mean something.
+	// the new connection's figures (its RTT floor, its window) mean something.
 	settleTicks = 2
+	floorWindow = 10 // intervals
 )
 
 // Reasons of pool changes, the label of salt_broker_edge_tunnel_pool_changes_total.
@@ -60,7 +68,7 @@ type sizeInput struct {
 	idle      bool    // no request for idleAfter
 	sent      uint64  // packets sent in the interval, all connections
 	lost      uint64  // packets lost in the interval, all connections
-	rttRatio  float64 // the largest smoothed / minimum RTT of the connections
+	rttRatio  float64 // the largest smoothed RTT / RTT floor of the connections
 	// For the debug log: the least-loaded connection's peak bytes in flight and window.
 	peak, cwnd uint64
 }
@@ -99,7 +107,7 @@ func (e *Edge) sizerLoop(ctx context.Context) {
 	defer extras.Wait()
 	t := time.NewTicker(sizeEvery)
 	defer t.Stop()
-	prev := map[*conn]tunnel.Stats{}
+	prev := map[*conn]connSample{}
 	settle := 0
 	for {
 		select {
@@ -144,18 +152,53 @@ func (e *Edge) sizerLoop(ctx context.Context) {
 	}
 }
 
+// connSample is what the sizer remembers of a connection between intervals: its
+// last figures (for the deltas) and its RTT floor.
+type connSample struct {
+	stats tunnel.Stats
+	floor rttFloor
+}
+
+// rttFloor is the least of the last floorWindow smoothed-RTT samples.
+type rttFloor struct {
+	samples [floorWindow]time.Duration
+	n, next int
+}
+
+func (f *rttFloor) add(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	f.samples[f.next] = d
+	f.next = (f.next + 1) % floorWindow
+	f.n = min(f.n+1, floorWindow)
+}
+
+func (f *rttFloor) min() time.Duration {
+	var m time.Duration
+	for _, d := range f.samples[:f.n] {
+		if m == 0 || d < m {
+			m = d
+		}
+	}
+	return m
+}
+
 // sample reads each connection's figures, sets their loss rates and peaks for the
-// next interval, and returns the decision's input, the anchor and the figures to
-// compare with next time.
-func (e *Edge) sample(conns []*conn, prev map[*conn]tunnel.Stats) (sizeInput, *conn, map[*conn]tunnel.Stats) {
+// next interval, and returns the decision's input, the anchor and what to compare
+// with next time.
+func (e *Edge) sample(conns []*conn, prev map[*conn]connSample) (sizeInput, *conn, map[*conn]connSample) {
 	now := time.Now()
 	in := sizeInput{cap: e.capacity(), idle: e.pool.idleFor(now) > idleAfter}
-	next := make(map[*conn]tunnel.Stats, len(conns))
+	next := make(map[*conn]connSample, len(conns))
 	var anchor *conn
 	waiting := true
 	for _, c := range conns {
 		st := c.sess.Stats()
-		next[c] = st
+		p, seen := prev[c]
+		cur := connSample{stats: st, floor: p.floor}
+		cur.floor.add(st.SmoothedRTT)
+		next[c] = cur
 		peak := c.peakBytes.Swap(c.inflightBytes.Load())
 		if !c.usable() {
 			continue
@@ -168,15 +211,14 @@ func (e *Edge) sample(conns []*conn, prev map[*conn]tunnel.Stats) (sizeInput, *c
 		if in.size == 1 || uint64(peak)*in.cwnd < in.peak*st.CongestionWindow {
 			in.peak, in.cwnd = uint64(peak), st.CongestionWindow
 		}
-		if st.MinRTT > 0 {
-			in.rttRatio = max(in.rttRatio, float64(st.SmoothedRTT)/float64(st.MinRTT))
+		if floor := cur.floor.min(); floor > 0 {
+			in.rttRatio = max(in.rttRatio, float64(st.SmoothedRTT)/float64(floor))
 		}
-		p, ok := prev[c]
-		if !ok {
+		if !seen {
 			continue // new: no interval yet
 		}
-		sent := sub(st.PacketsSent, p.PacketsSent)
-		lost := sub(st.PacketsLost, p.PacketsLost) // QUIC's count may go down (a late packet)
+		sent := sub(st.PacketsSent, p.stats.PacketsSent)
+		lost := sub(st.PacketsLost, p.stats.PacketsLost) // QUIC's count may go down (a late packet)
 		in.sent += sent
 		in.lost += lost
 		if sent > 0 {

@@ -1,6 +1,9 @@
 package edge
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 // The sizing rule, from the stats deltas of one interval (sizer.go).
 func TestSizingRule(t *testing.T) {
@@ -61,5 +64,29 @@ func TestLeastLoaded(t *testing.T) {
 		if got := leastLoaded(c.loads); got != c.want {
 			t.Errorf("%s: leastLoaded(%v) = %d, want %d", c.name, c.loads, got, c.want)
 		}
+	}
+}
+
+// The RTT floor forgets: a path whose RTT rose for good reads as flat once the
+// window has passed, and a queue building within it reads as a climb.
+func TestRTTFloor(t *testing.T) {
+	var f rttFloor
+	if f.min() != 0 {
+		t.Fatalf("empty floor %v, want 0", f.min())
+	}
+	f.add(time.Millisecond) // the link before its delay
+	for range floorWindow - 1 {
+		f.add(300 * time.Millisecond)
+	}
+	if got := f.min(); got != time.Millisecond {
+		t.Fatalf("floor %v within the window, want 1ms", got)
+	}
+	f.add(310 * time.Millisecond)
+	if got := f.min(); got != 300*time.Millisecond {
+		t.Fatalf("floor %v once the 1 ms sample left the window, want 300ms", got)
+	}
+	f.add(0) // no sample yet (a new connection) changes nothing
+	if got := f.min(); got != 300*time.Millisecond {
+		t.Fatalf("floor %v after a zero sample, want 300ms", got)
 	}
 }

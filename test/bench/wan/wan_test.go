@@ -269,12 +269,14 @@ func run(b *testing.B, sc scenario, mode string) result {
 	broken := r.dup > 0 || r.lost > 0 || (sc.kind == jobs && r.delivered < r.expected) || (sc.kind == files && r.chunksOK < int64(r.minions*sc.chunks))
 	if l.pair != nil && broken {
 		b.Logf("the pair broke a promise: duplicated rids %v", ms.DupExamples)
-		if dir := os.Getenv("BENCH_WAN_LOGS"); dir != "" {
-			name := strings.NewReplacer(" ", "_", ",", "", "%", "").Replace(sc.slug + "-" + mode)
-			_ = os.WriteFile(filepath.Join(dir, name+"-edge.log"), []byte(l.pair.Edge.Stderr()), 0o644)
-			_ = os.WriteFile(filepath.Join(dir, name+"-core.log"), []byte(l.pair.Core.Stderr()), 0o644)
-			b.Logf("broker logs in %s", dir)
-		}
+	}
+	// BENCH_WAN_LOGS keeps every pair's logs (at debug: the sizer's decisions, the
+	// stalls), not only a broken one's: why a profile is slow is in them.
+	if dir := os.Getenv("BENCH_WAN_LOGS"); dir != "" && l.pair != nil {
+		name := strings.NewReplacer(" ", "_", ",", "", "%", "").Replace(sc.slug + "-" + mode)
+		_ = os.WriteFile(filepath.Join(dir, name+"-edge.log"), []byte(l.pair.Edge.Stderr()), 0o644)
+		_ = os.WriteFile(filepath.Join(dir, name+"-core.log"), []byte(l.pair.Core.Stderr()), 0o644)
+		b.Logf("broker logs in %s", dir)
 	}
 	return r
 }
