@@ -90,6 +90,14 @@ func (e *Edge) connectLoop(ctx context.Context) {
 			_ = next.CloseWithError("edge stopping")
 		}
 	}()
+	// While the core cannot be reached the log says so every outage.every (outage.go).
+	remindCtx, stopReminders := context.WithCancel(ctx)
+	var reminders sync.WaitGroup
+	reminders.Go(func() { e.outage.remindLoop(remindCtx) })
+	defer func() {
+		stopReminders()
+		reminders.Wait()
+	}()
 	for ctx.Err() == nil {
 		sess := next
 		next = nil
@@ -105,7 +113,13 @@ func (e *Edge) connectLoop(ctx context.Context) {
 			e.pool.releaseSlot(slot)
 			failures++
 			e.metrics.connectFailures.Inc()
-			e.log.Warn("core refused or broke the handshake; retrying", "err", err, "attempt", failures)
+			if e.pool.size() == 0 {
+				e.outage.failed(err) // the first of an outage at WARN, then the reminders
+				e.log.Debug("core refused or broke the handshake; retrying", "err", err, "attempt", failures)
+			} else {
+				e.warns.Log(e.log, slog.LevelWarn, "", "core refused or broke the handshake of the pool's anchor; retrying", "err", err, "attempt", failures,
+					"why", explainDial(err, e.outage.mode))
+			}
 			_ = sess.CloseWithError("handshake failed")
 			if !waitctx.Sleep(ctx, e.backoff(lastUp, failures)) {
 				return
@@ -116,7 +130,9 @@ func (e *Edge) connectLoop(ctx context.Context) {
 		e.metrics.transport.Reset()
 		e.metrics.transport.WithLabelValues(sess.Transport()).Set(1)
 		if tr := sess.Transport(); tr != lastTransport {
-			if lastTransport != "" || tr == "tcp" {
+			// With --transport tcp pinned, TCP is no fallback: nothing to explain, and
+			// never UDP to blame.
+			if lastTransport != "" || (tr == "tcp" && e.cfg.Dial.Mode != tunnel.ModeTCP) {
 				why := "QUIC works again"
 				if tr == "tcp" {
 					why = "QUIC (UDP) did not complete in time; check that UDP to the core's port is open"
@@ -127,9 +143,13 @@ func (e *Edge) connectLoop(ctx context.Context) {
 			lastTransport = tr
 		}
 		e.pool.add(c)
+		e.outage.up()
 		reason := c.run()
 		next = c.handover
 		e.pool.remove(c)
+		if e.pool.size() == 0 {
+			e.outage.down(time.Now())
+		}
 		e.metrics.reconnects.Inc()
 		lastUp = time.Now()
 		if ctx.Err() == nil {
@@ -185,6 +205,9 @@ func (e *Edge) dialRacing(ctx context.Context, lastUp time.Time, failures *int) 
 				if err != nil {
 					if ctx.Err() == nil {
 						e.log.Debug("connection attempt failed", "core", e.cfg.CoreAddr, "err", err)
+						if e.pool.size() == 0 {
+							e.outage.failed(err)
+						}
 					}
 					return
 				}

@@ -163,6 +163,7 @@ type Edge struct {
 
 	dialer *tunnel.Dialer // every connection of the session, one UDP socket for QUIC
 	pool   *pool          // the live connections
+	outage *outage        // since when and why the core cannot be reached (outage.go)
 }
 
 // New binds the minion-facing PUB and ROUTER at once, whether or not the core is reachable.
@@ -180,6 +181,7 @@ func New(cfg Config) (*Edge, error) {
 		session: wire.RandomID(),
 	}
 	e.pool = newPool(e)
+	e.outage = newOutage(e.log, cfg.CoreAddr, cfg.Dial.Mode)
 	e.reqs = newReqTable(e)
 	e.metrics = newMetrics(e, cfg.Registry) // before the sockets: their callbacks count
 	cs, err := loadCursor(cfg.StateDir)

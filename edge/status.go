@@ -19,6 +19,9 @@ type Status struct {
 	MinionsRet      int64        `json:"minion_req_sockets"`
 	PoolCap         int          `json:"pool_cap"` // min(--max-connections, minions, ≥ 1)
 	Connections     []ConnStatus `json:"connections"`
+	// While no connection is up: since when (RFC 3339) and the last attempt's error.
+	DownSince string `json:"down_since,omitempty"`
+	LastError string `json:"last_error,omitempty"`
 }
 
 // ConnStatus is one connection of the pool.
@@ -63,6 +66,11 @@ func (e *Edge) Status() Status {
 			s.Connected = true
 			s.Transport = c.sess.Transport()
 			s.RTTMillis = millis(time.Duration(c.rtt.Load()))
+		}
+	}
+	if !s.Connected {
+		if since, err := e.outage.state(); !since.IsZero() {
+			s.DownSince, s.LastError = since.UTC().Format(time.RFC3339), err
 		}
 	}
 	return s
