@@ -13,8 +13,11 @@ import (
 // each connection's transport figures over the last interval and moves the pool by
 // at most one connection:
 //
-//   - grow when requests wait — even the least-loaded connection had more bytes in
-//     flight than its congestion window — and the loss looks random: over
+//   - grow when requests wait — even the least-loaded connection is busy: it had
+//     more bytes of requests in flight than its congestion window, or it kept over
+//     busyShare of its window in flight on average over the interval (bytes sent ×
+//     smoothed RTT / interval: a window that full is queueing what it carries) —
+//     and the loss looks random: over
 //     randomLoss of the packets sent were lost while the smoothed RTT stayed under
 //     randomRTT × the RTT floor. Random loss (a noisy radio, a lossy peering)
 //     shrinks a loss-based window (Reno) for nothing: a second window doubles what
@@ -44,8 +47,12 @@ const (
 	minPackets = 30
 	// settleTicks: after a change, the next decision waits this many intervals, so
 	// the new connection's figures (its RTT floor, its window) mean something.
-	settleTicks = 2
+	settleTicks = 1
 	floorWindow = 10 // intervals
+	// busyShare: a loss-based window that is on average over half full is near
+	// its ceiling (Reno saws between half and all of it), and what it carries
+	// queues behind it.
+	busyShare = 0.5
 )
 
 // Reasons of pool changes, the label of salt_broker_edge_tunnel_pool_changes_total.
@@ -64,7 +71,7 @@ var poolChangeReasons = []string{grewRandomLoss, shrankCongested, shrankIdle, sh
 // interval.
 type sizeInput struct {
 	size, cap int     // usable connections now; the most allowed
-	waiting   bool    // every usable connection had more bytes in flight than its window
+	waiting   bool    // every usable connection was busy (see the rule)
 	idle      bool    // no request for idleAfter
 	sent      uint64  // packets sent in the interval, all connections
 	lost      uint64  // packets lost in the interval, all connections
@@ -207,7 +214,12 @@ func (e *Edge) sample(conns []*conn, prev map[*conn]connSample) (sizeInput, *con
 		if c.anchor {
 			anchor = c
 		}
-		waiting = waiting && st.CongestionWindow > 0 && uint64(peak) > st.CongestionWindow
+		var used uint64 // average bytes in flight over the interval
+		if seen && st.SmoothedRTT > 0 {
+			sent := sub(st.BytesSent, p.stats.BytesSent)
+			used = uint64(float64(sent) * st.SmoothedRTT.Seconds() / sizeEvery.Seconds())
+		}
+		waiting = waiting && busy(uint64(peak), used, st.CongestionWindow)
 		if in.size == 1 || uint64(peak)*in.cwnd < in.peak*st.CongestionWindow {
 			in.peak, in.cwnd = uint64(peak), st.CongestionWindow
 		}
@@ -227,6 +239,13 @@ func (e *Edge) sample(conns []*conn, prev map[*conn]connSample) (sizeInput, *con
 	}
 	in.waiting = waiting && in.size > 0
 	return in, anchor, next
+}
+
+// busy: a connection's window is what holds its requests back — more bytes of
+// requests in flight at a peak than the window, or over busyShare of the window
+// used on average.
+func busy(peak, used, cwnd uint64) bool {
+	return cwnd > 0 && (peak > cwnd || float64(used) > busyShare*float64(cwnd))
 }
 
 func sub(a, b uint64) uint64 {

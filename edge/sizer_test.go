@@ -90,3 +90,22 @@ func TestRTTFloor(t *testing.T) {
 		t.Fatalf("floor %v after a zero sample, want 300ms", got)
 	}
 }
+
+// A connection is busy when its window holds requests back: a peak of requests over
+// the window, or over half the window in flight on average.
+func TestBusy(t *testing.T) {
+	for _, c := range []struct {
+		name             string
+		peak, used, cwnd uint64
+		want             bool
+	}{
+		{"peak over the window", 12_000, 1_000, 10_000, true},
+		{"over half the window on average", 2_000, 6_000, 10_000, true},
+		{"a light load", 3_000, 2_000, 10_000, false},
+		{"no window known (TCP without TCP_INFO)", 12_000, 12_000, 0, false},
+	} {
+		if got := busy(c.peak, c.used, c.cwnd); got != c.want {
+			t.Errorf("%s: busy(%d, %d, %d) = %v, want %v", c.name, c.peak, c.used, c.cwnd, got, c.want)
+		}
+	}
+}
