@@ -35,6 +35,8 @@ type edgeConn struct {
 	cursor       atomic.Uint64
 
 	bulk tunnel.Gate // large replies in flight on this connection, in turn (gate.go)
+
+	series *edgeSeries // its edge's per-edge counters (edgeseries.go)
 }
 
 // edgePeer is what the hello established: which edge session this connection
@@ -64,6 +66,7 @@ func (c *Core) serveEdge(ctx context.Context, sess tunnel.Session) {
 		sess:      sess,
 		base:      c.log.With("edge", sess.PeerName(), "remote", sess.RemoteAddr(), "transport", sess.Transport()),
 		helloDone: make(chan struct{}),
+		series:    c.metrics.perEdge.attach(sess.PeerName(), c.table.now()),
 	}
 	c.mu.Lock()
 	c.edges[e] = struct{}{}
@@ -74,6 +77,7 @@ func (c *Core) serveEdge(ctx context.Context, sess tunnel.Session) {
 		delete(c.edges, e)
 		c.mu.Unlock()
 		c.metrics.edges.Dec()
+		c.metrics.perEdge.detach(e.series, e.cursor.Load(), c.table.now())
 		if p := e.said(); p != nil {
 			c.releaseSession(p.key)
 		}
@@ -138,7 +142,7 @@ func (e *edgeConn) serveStream(ctx context.Context, st tunnel.Stream) error {
 	first.Stop() // later records set their own deadlines
 	if errors.Is(err, wire.ErrTooLarge) && typ == wire.TRequest {
 		id := wire.NewDecoder(body[:min(8, len(body))]).U64()
-		e.c.metrics.requests.WithLabelValues("too_large").Inc()
+		e.countRequest("too_large")
 		return e.write(st, wire.TRefused, wire.Refused{ID: id, Code: wire.RefusedTooLarge, Reason: "request larger than the core's --max-message-size"}.Encode())
 	}
 	if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTooLarge) {
@@ -437,22 +441,22 @@ func (e *edgeConn) serveRequest(ctx context.Context, st tunnel.Stream, rd *wire.
 		return protoErr("bad_request", "decode request: %w", err)
 	}
 	if wire.Size(req.Frames) > e.c.cfg.MaxMessageSize {
-		e.c.metrics.requests.WithLabelValues("too_large").Inc()
+		e.countRequest("too_large")
 		return e.write(st, wire.TRefused, wire.Refused{ID: req.ID, Code: wire.RefusedTooLarge, Reason: "request larger than the core's --max-message-size"}.Encode())
 	}
 	key := reqKey{sess: peer.key, id: req.ID}
 	p, dup, busy := e.c.table.submit(key, wire.CloneFrames(req.Frames), req.MaxQueueAge)
 	switch {
 	case busy:
-		e.c.metrics.requests.WithLabelValues("busy").Inc()
+		e.countRequest("busy")
 		// A full table refuses every edge's requests at once: one line a second.
 		e.c.warns.Log(e.logger(), slog.LevelWarn, "table_full", "request refused: the core's request table is full (its entries, its fair share for this edge, or the bytes queued for the master); the master is slow or unreachable, or an edge floods it; the minion will retry",
 			"entries", e.c.cfg.Table.Entries, "queue_bytes", e.c.table.limits.QueueBytes)
 		return e.write(st, wire.TRefused, wire.Refused{ID: req.ID, Code: wire.RefusedBusy, Reason: "core request table full"}.Encode())
 	case dup:
-		e.c.metrics.requests.WithLabelValues("resent").Inc()
+		e.countRequest("resent")
 	default:
-		e.c.metrics.requests.WithLabelValues("accepted").Inc()
+		e.countRequest("accepted")
 	}
 	select {
 	case <-p.done:
@@ -461,6 +465,7 @@ func (e *edgeConn) serveRequest(ctx context.Context, st tunnel.Stream, rd *wire.
 	}
 	reply, refusal := e.c.table.result(p)
 	if refusal != nil {
+		e.series.answered(answerRefused)
 		return e.write(st, wire.TRefused, refusal.Encode())
 	}
 	rec := wire.Append(nil, wire.TReply, wire.Reply{ID: req.ID, Frames: reply}.Encode())
@@ -474,6 +479,7 @@ func (e *edgeConn) serveRequest(ctx context.Context, st tunnel.Stream, rd *wire.
 	if _, err := tunnel.WriteIdle(st, rec, e.c.cfg.WriteTimeout); err != nil {
 		return fmt.Errorf("write reply: %w", err)
 	}
+	e.series.answered(answerReply)
 	_ = st.SetReadDeadline(time.Now().Add(doneTimeout))
 	b, err := rd.Expect(wire.TDone)
 	if err != nil {
@@ -487,6 +493,12 @@ func (e *edgeConn) serveRequest(ctx context.Context, st tunnel.Stream, rd *wire.
 	e.c.table.delivered(key)
 	_ = st.CloseWrite()
 	return nil
+}
+
+// countRequest counts a request from the edge by result, in all and for its edge.
+func (e *edgeConn) countRequest(result string) {
+	e.c.metrics.requests.WithLabelValues(result).Inc()
+	e.series.request(result)
 }
 
 // serveCancel withdraws a request that has not reached the master yet (the edge

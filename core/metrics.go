@@ -1,6 +1,13 @@
 package core
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/salt-broker/salt-broker/internal/buildinfo"
+)
+
+// Results of salt_broker_core_requests_total, each declared at 0 at start.
+var requestResults = []string{"accepted", "resent", "busy", "too_large", "expired"}
 
 // metrics are the core's Prometheus collectors; names are documented in docs/operations.md.
 type metrics struct {
@@ -14,6 +21,8 @@ type metrics struct {
 	refusedEdges                         *prometheus.CounterVec
 	sessionsForgotten                    prometheus.Counter
 	oversize                             *prometheus.CounterVec
+
+	perEdge *edgeSeriesSet // the per-edge series (edgeseries.go)
 
 	bulkWaits          prometheus.Counter     // large replies that queued at their connection's gate
 	repliesUnconfirmed *prometheus.CounterVec // replies whose TDone did not come, by reason
@@ -34,7 +43,7 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		gapPubs:           counter("publication_gap_total", "Publications an edge missed because they left the replay ring first."),
 		ringHead:          gauge("ring_head_sequence", "Sequence number of the newest publication."),
 		edges:             gauge("edges_connected", "Edge connections open now."),
-		requests:          prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total", Help: "Requests received from edges, by outcome: accepted, resent (a known ID; never sent to the master twice), busy (table or queue full), too_large; and expired: accepted but refused as stale, having waited for a slot at the master longer than its edge allowed."}, []string{"result"}),
+		requests:          prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_total", Help: "Requests received from edges, by outcome: accepted, resent (a known ID; never sent to the master twice), busy (table or queue full), too_large; and expired: accepted but refused as stale, having waited for a slot at the master longer than its edge allowed; no_master: accepted but refused after waiting --master-timeout for a master the core has never reached."}, []string{"result"}),
 		requestsToMaster:  counter("master_requests_total", "Requests sent to the master's ret port."),
 		masterSendErrors:  counter("master_send_errors_total", "Requests zmq4 failed to queue towards the master."),
 		badReplies:        counter("master_bad_replies_total", "Messages from the master's ret port without our routing frame."),
@@ -79,7 +88,14 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 	for _, r := range []string{"version", "session_of_another_certificate"} {
 		m.refusedEdges.WithLabelValues(r)
 	}
-	m.requests.WithLabelValues("expired") // shown at 0 before the first, like the others once seen
+	for _, r := range requestResults {
+		m.requests.WithLabelValues(r)
+	}
+	for _, k := range []string{"publication", "reply"} {
+		m.oversize.WithLabelValues(k)
+	}
+	m.perEdge = newEdgeSeriesSet()
+	m.requests.WithLabelValues("no_master")
 	m.bulkWaits = counter("bulk_replies_waited_total", "Large replies (over 64 KiB) that waited for their turn at their edge connection's gate (--bulk-in-flight-bytes).")
 	m.repliesUnconfirmed = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "replies_unconfirmed_total",
 		Help: "Replies written to an edge that did not confirm them (no done record: missing; a wrong one: malformed); each stays cached and is sent again when the edge re-sends its request."}, []string{"reason"})
@@ -92,6 +108,7 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "bulk_bytes_in_flight", Help: "Bytes of large replies admitted by the gates and not yet confirmed by their edge (at most --bulk-in-flight-bytes per connection, or one reply)."}, func() float64 { return float64(c.bulkStats().InFlight) }),
 	}
 	if reg != nil {
+		reg.MustRegister(buildinfo.Collector(), newEdgeCollector(c, m.perEdge))
 		reg.MustRegister(m.bulkWaits, m.repliesUnconfirmed)
 		reg.MustRegister(bulkGauges...)
 		reg.MustRegister(m.pubsIn, m.pubBytesIn, m.pubsOut, m.gapPubs, m.ringHead, m.edges, m.requests,
