@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/salt-broker/salt-broker/internal/ratelog"
 	"github.com/salt-broker/salt-broker/internal/waitctx"
 	"github.com/salt-broker/salt-broker/internal/wire"
 )
@@ -258,11 +259,55 @@ func (c *Core) runMaster(ctx context.Context) error {
 		defer func() { done <- struct{}{} }()
 		c.runDealerSend(ctx, dealer, connected)
 	}()
+	go func() {
+		defer func() { done <- struct{}{} }()
+		c.refuseWhileUnreached(ctx, dealerWatch, unreachedCheckEvery)
+	}()
 	<-ctx.Done()
 	_ = sub.Close()
 	_ = dealer.Close()
-	for range 3 {
+	for range 4 {
 		<-done
 	}
 	return nil
+}
+
+// unreachedCheckEvery is how often queued requests are checked against
+// --master-timeout while the master was never reached: as often as the sweeper.
+const unreachedCheckEvery = time.Second
+
+// refuseWhileUnreached refuses requests that waited --master-timeout for a master
+// the DEALER never reached (table.refuseUnreached), counts them
+// (requests_total{result="no_master"}) and says so at most every staleLogEvery,
+// until the DEALER has connected once.
+func (c *Core) refuseWhileUnreached(ctx context.Context, dealer *masterWatch, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var lines ratelog.Limiter
+	lines.Every = staleLogEvery
+	unsaid := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if dealer.reachedOnce() {
+			return
+		}
+		n := c.table.refuseUnreached(c.cfg.MasterTimeout)
+		if n > 0 {
+			c.metrics.requests.WithLabelValues("no_master").Add(float64(n))
+			unsaid += n
+		}
+		if unsaid == 0 {
+			continue
+		}
+		if ok, _ := lines.Allow("no_master", time.Now()); ok {
+			queued, _ := c.table.queue()
+			c.log.Warn("requests refused: they waited --master-timeout for a master this core has never reached; check that salt-master runs and that the core's --master and ports are right. The minions retry by themselves",
+				"count", unsaid, "master_timeout", c.cfg.MasterTimeout, "master_ret", endpoint(c.cfg.MasterHost, c.cfg.MasterRetPort), "still_queued", queued)
+			unsaid = 0
+		}
+	}
 }

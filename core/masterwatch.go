@@ -37,6 +37,7 @@ type masterWatch struct {
 	id       string
 	socket   string // "SUB" or "DEALER", for logs and metrics
 	open     atomic.Int64
+	ever     atomic.Bool // a connection was open once
 	onChange func(socket string, connected bool)
 }
 
@@ -56,6 +57,9 @@ func (w *masterWatch) endpoint(host string, port int) string {
 }
 
 func (w *masterWatch) connected() bool { return w.open.Load() > 0 }
+
+// reachedOnce: the socket had a connection to the master at some point.
+func (w *masterWatch) reachedOnce() bool { return w.ever.Load() }
 
 // close unregisters the watch; connections still open count no more.
 func (w *masterWatch) close() { watches.Delete(w.id) }
@@ -77,6 +81,7 @@ func (watchingTCP) Dial(ctx context.Context, dialer transport.Dialer, addr strin
 		return c, nil // the core that dialed is stopping
 	}
 	w := v.(*masterWatch)
+	w.ever.Store(true)
 	if w.open.Add(1) == 1 {
 		w.onChange(w.socket, true)
 	}

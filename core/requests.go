@@ -97,6 +97,7 @@ type table struct {
 
 type tableStats struct {
 	Accepted, Duplicates, Busy, QueueFull, Cancelled, TimedOut, Stale, LateReplies, ReplyEvictions, Expired uint64
+	NoMaster                                                                                                uint64 // refused by refuseUnreached
 }
 
 func newTable(l TableLimits) *table {
@@ -403,6 +404,31 @@ func (t *table) sweep(masterTimeout time.Duration) (timedOut, stale int) {
 	}
 	stale, t.staleUnsaid = t.staleUnsaid, 0
 	return timedOut, stale
+}
+
+// refuseUnreached refuses the queued requests that have waited longer than
+// masterTimeout, and returns how many. The core calls it while it has never reached
+// the master: a request sent to the master gets masterTimeout to be answered, and
+// one waiting for a master that was never there (a wrong --master, a master not
+// started) gets no longer, instead of its whole class budget (up to --dedup-ttl) of
+// silence. Once the master was reached, a queued request waits out its budget
+// (a master restart must not cost returns: DESIGN invariant 4).
+func (t *table) refuseUnreached(masterTimeout time.Duration) int {
+	now := t.now()
+	t.mu.Lock()
+	defer t.unlock()
+	n := 0
+	// The queue is oldest first: stop at the first request young enough.
+	for e := t.fifo.Front(); e != nil; e = t.fifo.Front() {
+		p := e.Value.(*pending)
+		if now.Sub(p.created) <= masterTimeout {
+			break
+		}
+		t.refuseLocked(p, wire.RefusedTimeout, "the core has not reached the master since it started: check the core's --master and the master's ret port")
+		t.stats.NoMaster++
+		n++
+	}
+	return n
 }
 
 // shutdown refuses everything still waiting, so no edge stream waits forever.
