@@ -2,7 +2,8 @@
 // address: /metrics (Prometheus), /healthz (the process runs), /readyz (the edge:
 // its tunnel is up; the core: both of its sockets are connected to the master) and
 // /status (the state `broker status` prints, as JSON); on loopback only, the
-// edge's POST /debug/close-connection?conn=N.
+// edge's POST /debug/close-connection?conn=N and, with --pprof, Go's profiler at
+// /debug/pprof/.
 package admin
 
 import (
@@ -13,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 
@@ -84,6 +86,31 @@ func (s *Server) HandleDebug(name string, h http.HandlerFunc) {
 		}
 		h(w, r)
 	})
+}
+
+// pprofWriteTimeout replaces the endpoint's write timeout once the profiler is
+// served: a CPU profile or trace streams for ?seconds= (30 by default, which
+// `go tool pprof` asks for), and net/http/pprof refuses any that would outlast the
+// server's WriteTimeout.
+const pprofWriteTimeout = 2 * time.Minute
+
+// EnablePprof serves Go's profiler (net/http/pprof) under /debug/pprof/. It
+// refuses an endpoint not bound to loopback: profiles expose the process's
+// internals (its command line, memory, goroutines), the endpoint has no
+// authentication, and a CPU profile costs the service while it runs. Call it
+// before Serve.
+func (s *Server) EnablePprof() error {
+	if !s.Loopback() {
+		return fmt.Errorf("--pprof needs a loopback --admin address (127.0.0.1 or [::1]), not %s: the profiler exposes the process's internals without authentication", s.ln.Addr())
+	}
+	s.mux.HandleFunc("/debug/pprof/", pprof.Index) // heap, goroutine, allocs, block, mutex, threadcreate by name
+	s.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	s.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	s.srv.WriteTimeout = pprofWriteTimeout
+	s.log.Info("profiler served on the admin endpoint", "url", "http://"+s.ln.Addr().String()+"/debug/pprof/")
+	return nil
 }
 
 // CloseConnection is the handler of POST /debug/close-connection?conn=N: close
