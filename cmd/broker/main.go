@@ -19,7 +19,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := newApp().RunContext(ctx, os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "broker:", oneLine(err))
+		if multiLine(err) { // several problems of one config: one line each
+			fmt.Fprintln(os.Stderr, "broker:", err)
+		} else {
+			fmt.Fprintln(os.Stderr, "broker:", oneLine(err))
+		}
 		stop()
 		os.Exit(exitCode(err)) // 2: usage error, 1: any other failure (errors.go)
 	}
@@ -36,20 +40,23 @@ TLS + smux over TCP on the same port where UDP is blocked. Publications are repl
 and requests re-sent across link loss, so nothing is lost or duplicated.
 
 Start with 'broker demo', then see README.md for a real deployment.`,
+		// Also settings of edge and core (after the subcommand, in --config); there
+		// the role's settings decide, and these only count as the command line.
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"BROKER_LOG_LEVEL"}},
-			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json", EnvVars: []string{"BROKER_LOG_FORMAT"}},
+			&cli.StringFlag{Name: "log-level", Value: defaultLogLevel, Usage: "debug, info, warn or error [$BROKER_LOG_LEVEL]", Category: catLogging},
+			&cli.StringFlag{Name: "log-format", Value: defaultLogFormat, Usage: "text or json [$BROKER_LOG_FORMAT]", Category: catLogging},
 		},
 		Before: func(c *cli.Context) error {
-			log, err := newLogger(c.String("log-level"), c.String("log-format"))
+			log, err := newLogger(flagOrEnv(c, "log-level"), flagOrEnv(c, "log-format"))
 			if err != nil {
 				return usageError{err}
 			}
 			slog.SetDefault(log)
 			return nil
 		},
-		Action:   noSuchCommand,
-		Commands: []*cli.Command{coreCommand(), edgeCommand(), certsCommand(), statusCommand(), demoCommand()},
+		Action: noSuchCommand,
+		// A new command is one more entry here.
+		Commands: []*cli.Command{coreCommand(), edgeCommand(), configCommand(), certsCommand(), statusCommand(), demoCommand()},
 		// main prints the error and picks the exit code; urfave/cli would exit
 		// itself on an ExitCoder.
 		ExitErrHandler: func(*cli.Context, error) {},
@@ -72,4 +79,16 @@ func newLogger(level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// flagOrEnv is an app flag's value: the command line, else its BROKER_*
+// variable, else its default. The flags have no EnvVars so that edge and core can
+// tell a value from the command line from one from the environment.
+func flagOrEnv(c *cli.Context, name string) string {
+	if !c.IsSet(name) {
+		if v := os.Getenv(envName(name)); v != "" {
+			return v
+		}
+	}
+	return c.String(name)
 }

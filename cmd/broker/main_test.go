@@ -206,20 +206,20 @@ func TestBadSettingsAreRefused(t *testing.T) {
 
 	t.Run("environment", func(t *testing.T) {
 		r := broker(t, []string{"BROKER_MAX_IN_FLIGHT=abc"}, coreBase...)
-		checkOneLine(t, r, exitUsage, "--max-in-flight abc", "BROKER_MAX_IN_FLIGHT")
+		checkOneLine(t, r, exitUsage, "BROKER_MAX_IN_FLIGHT=abc: want a whole number")
 		r = broker(t, []string{"BROKER_RING_COUNT=-1"}, coreBase...)
-		checkOneLine(t, r, exitUsage, "--ring-count -1:")
+		checkOneLine(t, r, exitUsage, "--ring-count -1:", "(from $BROKER_RING_COUNT)")
 	})
 	t.Run("config file", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "edge.yaml")
 		if err := os.WriteFile(path, []byte("max-pending: -1\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		checkOneLine(t, broker(t, nil, append(edgeBase, "--config", path)...), exitUsage, "--max-pending -1:")
+		checkOneLine(t, broker(t, nil, append(edgeBase, "--config", path)...), exitUsage, "--max-pending -1:", "line 1")
 		if err := os.WriteFile(path, []byte("retry-chain: many\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		checkOneLine(t, broker(t, nil, append(edgeBase, "--config", path)...), exitUsage, "--retry-chain many:", path)
+		checkOneLine(t, broker(t, nil, append(edgeBase, "--config", path)...), exitUsage, `retry-chain: "many" is a string; want a whole number`, path)
 	})
 }
 
@@ -231,8 +231,8 @@ func TestUsageErrorsAreOneLine(t *testing.T) {
 	}{
 		{[]string{"core", "--master", "x", "--bogus"}, []string{"unknown flag --bogus"}},
 		{[]string{"edge", "--core", "x:1", "--max-pending"}, []string{"--max-pending needs a value"}},
-		{[]string{"core", "--ca", "a", "--cert", "b", "--key", "c"}, []string{"--master is required"}},
-		{[]string{"edge", "--core", "x:1"}, []string{"--ca, --cert, --key are required"}},
+		{[]string{"core", "--ca", "a", "--cert", "b", "--key", "c"}, []string{"missing required setting master (--master, $BROKER_MASTER"}},
+		{[]string{"edge", "--core", "x:1"}, []string{"missing required settings ca (--ca", "cert (--cert", "key (--key, $BROKER_KEY"}},
 		{[]string{"certs", "issue", "--dir", "/nonexistent", "--role", "edge"}, []string{"--name is required"}},
 		{[]string{"--log-level", "loud", "core"}, []string{"--log-level", "loud"}},
 		{[]string{"nosuch"}, []string{`unknown command "nosuch"`}},

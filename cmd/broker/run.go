@@ -4,16 +4,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
-	"strconv"
-	"strings"
+	"reflect"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/urfave/cli/v2"
-	"gopkg.in/yaml.v3"
 
 	"github.com/salt-broker/salt-broker/certs"
 	"github.com/salt-broker/salt-broker/core"
@@ -23,25 +22,130 @@ import (
 	"github.com/salt-broker/salt-broker/tunnel"
 )
 
-func env(name string) []string {
-	return []string{"BROKER_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
+// env is the environment twin of a flag of the commands without typed settings
+// (certs, status): urfave/cli reads it.
+func env(name string) []string { return []string{envName(name)} }
+
+// Admin endpoint defaults: the core's and the edge's, so both run on one host.
+const (
+	defaultCoreAdmin = "127.0.0.1:9510"
+	defaultEdgeAdmin = "127.0.0.1:9511"
+	defaultLogLevel  = "info"
+	defaultLogFormat = "text"
+)
+
+// coreSettings is `broker core`'s configuration. A setting is one line here: its
+// YAML key is its flag name, its environment variable BROKER_ + the key in
+// capitals; its default comes from coreDefaults (the core package's Defaults), and
+// the Action below reads it.
+type coreSettings struct {
+	Master        string `yaml:"master" cat:"Connection" required:"" usage:"the Salt master's address"`
+	MasterPubPort int    `yaml:"master-pub-port" cat:"Connection" usage:"the master's publish_port"`
+	MasterRetPort int    `yaml:"master-ret-port" cat:"Connection" usage:"the master's ret_port"`
+	Listen        string `yaml:"listen" cat:"Connection" usage:"address for edges, UDP and TCP on the same port"`
+
+	CA        string   `yaml:"ca" cat:"TLS" required:"" cred:"" usage:"CA certificate that signed both sides (from 'broker certs init'); relative: in $CREDENTIALS_DIRECTORY, else beside the config file"`
+	Cert      string   `yaml:"cert" cat:"TLS" required:"" cred:"" usage:"this side's certificate (from 'broker certs issue')"`
+	Key       string   `yaml:"key" cat:"TLS" required:"" cred:"" usage:"this side's private key"`
+	AllowEdge nameList `yaml:"allow-edge" cat:"TLS" usage:"accept only edges with these certificate names (default: any edge the CA signed)"`
+
+	RingCount         int           `yaml:"ring-count" cat:"Limits" usage:"replay ring: publications kept for edges that reconnect"`
+	RingBytes         int64         `yaml:"ring-bytes" cat:"Limits" usage:"replay ring: payload bytes kept"`
+	RingAge           time.Duration `yaml:"ring-age" cat:"Limits" usage:"replay ring: oldest publication kept (the longest outage replayed)"`
+	MaxInFlight       int           `yaml:"max-in-flight" cat:"Limits" usage:"requests at the master at once; a backlog drains at this pace"`
+	DrainTimeout      time.Duration `yaml:"drain-timeout" cat:"Limits" usage:"on SIGTERM, wait at most this long for the master to answer the requests in flight (and their edges to confirm), so a restart does not send them to the master twice; 0 stops at once"`
+	DedupTTL          time.Duration `yaml:"dedup-ttl" cat:"Limits" usage:"how long a request ID is remembered (must exceed the longest outage absorbed)"`
+	WriteTimeout      time.Duration `yaml:"write-timeout" cat:"Limits" usage:"a transfer to an edge that makes no progress for this long is cut (an idle deadline: a slow transfer that moves is never cut)"`
+	BulkInFlightBytes int64         `yaml:"bulk-in-flight-bytes" cat:"Limits" usage:"bytes of large replies (over 64 KiB) in flight at once per edge connection; the others wait their turn, first come first served, and small replies never wait"`
+	MaxMessageSize    int           `yaml:"max-message-size" cat:"Limits" usage:"largest publication, request or reply in bytes; larger ones are refused and counted"`
+
+	Name  string `yaml:"name" cat:"Admin" usage:"name in logs and status (default: host name)"`
+	Admin string `yaml:"admin" cat:"Admin" usage:"admin HTTP address for /metrics, /healthz, /readyz, /status (\"\" disables); it has no authentication: keep it on loopback"`
+
+	LogLevel  string `yaml:"log-level" cat:"Logging" usage:"debug, info, warn or error"`
+	LogFormat string `yaml:"log-format" cat:"Logging" usage:"text or json"`
 }
 
-func tlsFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.PathFlag{Name: "ca", Usage: "CA certificate that signed both sides (from 'broker certs init'; required)", EnvVars: env("ca")},
-		&cli.PathFlag{Name: "cert", Usage: "this side's certificate (from 'broker certs issue'; required)", EnvVars: env("cert")},
-		&cli.PathFlag{Name: "key", Usage: "this side's private key (required)", EnvVars: env("key")},
+func coreDefaults() coreSettings {
+	var d core.Config
+	d.Defaults()
+	return coreSettings{
+		MasterPubPort: d.MasterPubPort, MasterRetPort: d.MasterRetPort, Listen: d.Listen,
+		RingCount: d.Ring.Count, RingBytes: d.Ring.Bytes, RingAge: d.Ring.Age,
+		MaxInFlight: d.MaxInFlight, DrainTimeout: d.DrainTimeout, DedupTTL: d.Table.TTL,
+		WriteTimeout: d.WriteTimeout, BulkInFlightBytes: d.BulkInFlightBytes, MaxMessageSize: d.MaxMessageSize,
+		Admin: defaultCoreAdmin, LogLevel: defaultLogLevel, LogFormat: defaultLogFormat,
 	}
 }
 
-func commonFlags(adminDefault string) []cli.Flag {
-	return []cli.Flag{
-		&cli.PathFlag{Name: "config", Usage: "optional YAML file; keys are these flags' names (the old salt-broker's master, publish_port and ret_port are understood)", EnvVars: env("config")},
-		&cli.StringFlag{Name: "name", Usage: "name in logs and status (default: host name)", EnvVars: env("name")},
-		&cli.StringFlag{Name: "admin", Value: adminDefault, Usage: "admin HTTP address for /metrics, /healthz, /readyz, /status (\"\" disables); keep it on loopback", EnvVars: env("admin")},
-		&cli.IntFlag{Name: "max-message-size", Value: 64 << 20, Usage: "largest publication, request or reply in bytes; larger ones are refused and counted", EnvVars: env("max-message-size")},
+// edgeSettings is `broker edge`'s configuration (see coreSettings).
+type edgeSettings struct {
+	Core              string        `yaml:"core" cat:"Connection" required:"" usage:"the core's host:port (443 if no port is given)"`
+	Bind              string        `yaml:"bind" cat:"Connection" usage:"address minions use as 'master'"`
+	PubPort           int           `yaml:"pub-port" cat:"Connection" usage:"publish port: must be the port the real master announces (its publish_port)"`
+	RetPort           int           `yaml:"ret-port" cat:"Connection" usage:"ret port (the minions' master_port)"`
+	Transport         string        `yaml:"transport" cat:"Connection" usage:"auto (QUIC, falling back to TCP), quic or tcp"`
+	QUICProbeInterval time.Duration `yaml:"quic-probe-interval" cat:"Connection" usage:"while on the TCP fallback (transport auto), try QUIC this often and move back when it works"`
+	Proxy             string        `yaml:"proxy" cat:"Connection" usage:"HTTP proxy for the TCP transport, http://[user:pass@]host:port (default: HTTPS_PROXY/NO_PROXY from the environment)"`
+	TCPCongestion     string        `yaml:"tcp-congestion" cat:"Connection" usage:"TCP congestion control for the TCP transport's sockets, e.g. bbr, where the kernel allows it (\"\": the system default)"`
+	MaxConnections    int           `yaml:"max-connections" cat:"Connection" usage:"most connections to the core in the edge's pool; it grows past one when requests wait and loss looks random, and never past the minions connected (docs/architecture.md)"`
+
+	CA   string `yaml:"ca" cat:"TLS" required:"" cred:"" usage:"CA certificate that signed both sides (from 'broker certs init'); relative: in $CREDENTIALS_DIRECTORY, else beside the config file"`
+	Cert string `yaml:"cert" cat:"TLS" required:"" cred:"" usage:"this side's certificate (from 'broker certs issue')"`
+	Key  string `yaml:"key" cat:"TLS" required:"" cred:"" usage:"this side's private key"`
+
+	MaxPending      int           `yaml:"max-pending" cat:"Limits" usage:"requests held until their reply; past it new ones are dropped and the minion retries"`
+	MaxPendingBytes int64         `yaml:"max-pending-bytes" cat:"Limits" usage:"bytes of the requests held until their reply; past it new ones are dropped and the minion retries (a request alone always fits)"`
+	AuthMaxAge      time.Duration `yaml:"auth-max-age" cat:"Limits" usage:"auth requests older than this are stale (the minion has retried) and dropped"`
+	RequestMaxAge   time.Duration `yaml:"request-max-age" cat:"Limits" usage:"other requests older than this are dropped unsent"`
+	RetryWindow     time.Duration `yaml:"retry-window" cat:"Limits" usage:"how soon after a minion socket closed with a request unanswered a same-shape request from a new socket counts as its retry; 0 turns retry recognition off (docs/guarantees.md)"`
+	RetryChain      int           `yaml:"retry-chain" cat:"Limits" usage:"tries in one minion retry chain (Salt's return_retry_tries)"`
+	DrainTimeout    time.Duration `yaml:"drain-timeout" cat:"Limits" usage:"on SIGTERM, wait at most this long for the replies to requests already taken from minions, so a restart does not make them retry returns the master has; 0 stops at once"`
+	MaxMinions      int           `yaml:"max-minions" cat:"Limits" usage:"connections accepted on each minion port"`
+	MaxMessageSize  int           `yaml:"max-message-size" cat:"Limits" usage:"largest publication, request or reply in bytes; larger ones are refused and counted"`
+
+	Name     string `yaml:"name" cat:"Admin" usage:"name in logs and status (default: host name)"`
+	Admin    string `yaml:"admin" cat:"Admin" usage:"admin HTTP address for /metrics, /healthz, /readyz, /status (\"\" disables); it has no authentication: keep it on loopback"`
+	StateDir string `yaml:"state-dir" cat:"Admin" usage:"directory for the publication cursor, so a restarted edge replays what it missed (\"\" keeps nothing)"`
+
+	LogLevel  string `yaml:"log-level" cat:"Logging" usage:"debug, info, warn or error"`
+	LogFormat string `yaml:"log-format" cat:"Logging" usage:"text or json"`
+}
+
+func edgeDefaults() edgeSettings {
+	var d edge.Config
+	d.Defaults()
+	return edgeSettings{
+		Bind: d.Bind, PubPort: d.PubPort, RetPort: d.RetPort, Transport: string(tunnel.ModeAuto),
+		QUICProbeInterval: d.QUICProbeInterval, MaxConnections: d.MaxConnections,
+		MaxPending: d.MaxPending, MaxPendingBytes: d.MaxPendingBytes, AuthMaxAge: d.AuthMaxAge,
+		RequestMaxAge: d.RequestMaxAge, RetryWindow: d.RetryWindow, RetryChain: d.MaxRetryChain,
+		DrainTimeout: d.DrainTimeout, MaxMinions: edge.DefaultMaxMinions, MaxMessageSize: d.MaxMessageSize,
+		Admin: defaultEdgeAdmin, LogLevel: defaultLogLevel, LogFormat: defaultLogFormat,
 	}
+}
+
+func coreRole() role {
+	return role{name: "core", defaults: func() reflect.Value { return reflect.ValueOf(coreDefaults()) }, legacy: legacyKeys("core")}
+}
+
+func edgeRole() role {
+	return role{name: "edge", defaults: func() reflect.Value { return reflect.ValueOf(edgeDefaults()) }, legacy: legacyKeys("edge"),
+		finish: func(l *loaded) {
+			s := l.settings.Addr().Interface().(*edgeSettings)
+			// The old salt-broker's master: was a host alone; so may core: be.
+			if s.Core != "" && !hasPort(s.Core) {
+				old := s.Core
+				s.Core = net.JoinHostPort(trimBrackets(s.Core), "443")
+				l.how["core"] = "port 443 added"
+				l.notes = append(l.notes, note{"the core address has no port: dialing port 443, the core's default listen port", []any{"core", old, "dialing", s.Core}})
+			}
+		}}
+}
+
+// configFlag is every role's --config.
+func configFlag() cli.Flag {
+	return &cli.PathFlag{Name: "config", Usage: "YAML file of these settings, keys as the flag names (see 'broker config example'); environment and flags override it [$BROKER_CONFIG]"}
 }
 
 func coreCommand() *cli.Command {
@@ -51,65 +155,68 @@ func coreCommand() *cli.Command {
 		Description: `Connects SUB to the master's publish port and DEALER to its ret port, and listens
 for edges on UDP (QUIC) and TCP (TLS + smux) on the same port.
 
+Settings come from, lowest first: the defaults shown here, --config FILE, the
+environment (BROKER_*), the command line. 'broker config check --config FILE'
+prints what a file amounts to.
+
 Example:
+   broker core --config /etc/salt-broker/core.yaml
    broker core --master 127.0.0.1 --listen :443 \
      --ca /etc/salt-broker/ca.crt --cert /etc/salt-broker/core.crt --key /etc/salt-broker/core.key`,
-		Flags: append(append([]cli.Flag{
-			&cli.StringFlag{Name: "master", Usage: "the Salt master's address (required)", EnvVars: env("master")},
-			&cli.IntFlag{Name: "master-pub-port", Value: 4505, Usage: "the master's publish_port", EnvVars: env("master-pub-port")},
-			&cli.IntFlag{Name: "master-ret-port", Value: 4506, Usage: "the master's ret_port", EnvVars: env("master-ret-port")},
-			&cli.StringFlag{Name: "listen", Value: ":443", Usage: "address for edges, UDP and TCP on the same port", EnvVars: env("listen")},
-			&cli.StringSliceFlag{Name: "allow-edge", Usage: "accept only edges with these certificate names (repeat or comma-separate; default: any edge the CA signed)", EnvVars: env("allow-edge")},
-			&cli.IntFlag{Name: "ring-count", Value: 100_000, Usage: "replay ring: publications kept for edges that reconnect", EnvVars: env("ring-count")},
-			&cli.Int64Flag{Name: "ring-bytes", Value: 256 << 20, Usage: "replay ring: payload bytes kept", EnvVars: env("ring-bytes")},
-			&cli.DurationFlag{Name: "ring-age", Value: core.DefaultRingAge, Usage: "replay ring: oldest publication kept (the longest outage replayed)", EnvVars: env("ring-age")},
-			&cli.IntFlag{Name: "max-in-flight", Value: 256, Usage: "requests at the master at once; a backlog drains at this pace", EnvVars: env("max-in-flight")},
-			&cli.DurationFlag{Name: "drain-timeout", Value: core.DefaultDrainTimeout, Usage: "on SIGTERM, wait at most this long for the master to answer the requests in flight (and their edges to confirm), so a restart does not send them to the master twice; 0 stops at once", EnvVars: env("drain-timeout")},
-			&cli.DurationFlag{Name: "dedup-ttl", Value: core.DefaultDedupTTL, Usage: "how long a request ID is remembered (must exceed the longest outage absorbed)", EnvVars: env("dedup-ttl")},
-			&cli.DurationFlag{Name: "write-timeout", Value: 30 * time.Second, Usage: "a transfer to an edge that makes no progress for this long is cut (an idle deadline: a slow transfer that moves is never cut)", EnvVars: env("write-timeout")},
-			&cli.Int64Flag{Name: "bulk-in-flight-bytes", Value: core.DefaultBulkInFlightBytes, Usage: "bytes of large replies (over 64 KiB) in flight at once per edge connection; the others wait their turn, first come first served, and small replies never wait", EnvVars: env("bulk-in-flight-bytes")},
-		}, tlsFlags()...), commonFlags("127.0.0.1:9510")...),
-		Before: chain(loadConfigFile(map[string]string{"publish_port": "master-pub-port", "ret_port": "master-ret-port"}),
-			requireFlags("master", "ca", "cert", "key")),
+		Flags: append([]cli.Flag{configFlag()}, coreRole().flags()...),
 		Action: func(c *cli.Context) error {
-			// The other settings are checked by core.New; this one is the flag's
-			// own: 0 stops at once, so a negative one is a mistake.
-			if err := setting.First([]setting.Check{
-				setting.NotNegative("--drain-timeout", c.Duration("drain-timeout"), "stop at once"),
-			}); err != nil {
-				return err
-			}
-			tlsCfg, err := certs.LoadServer(c.Path("ca"), c.Path("cert"), c.Path("key"), c.StringSlice("allow-edge"))
+			l, err := start(c, coreRole())
 			if err != nil {
 				return err
 			}
-			reg := newRegistry()
-			cfg := core.Config{
-				Name:           nameOr(c.String("name")),
-				MasterHost:     c.String("master"),
-				MasterPubPort:  c.Int("master-pub-port"),
-				MasterRetPort:  c.Int("master-ret-port"),
-				Listen:         c.String("listen"),
-				Tunnel:         tunnel.Config{TLS: tlsCfg, Logger: slog.Default().With("component", "tunnel")},
-				Ring:           core.RingLimits{Count: c.Int("ring-count"), Bytes: c.Int64("ring-bytes"), Age: c.Duration("ring-age")},
-				Table:          core.TableLimits{TTL: c.Duration("dedup-ttl")},
-				MaxInFlight:    c.Int("max-in-flight"),
-				MaxMessageSize: c.Int("max-message-size"),
-				DrainTimeout:   c.Duration("drain-timeout"),
-				Registry:       reg,
+			cfg, err := coreConfig(l)
+			if err != nil {
+				return err
 			}
-			if cfg.DrainTimeout == 0 {
-				cfg.DrainTimeout = -1 // stop at once
-			}
-			cfg.WriteTimeout = c.Duration("write-timeout")
-			cfg.BulkInFlightBytes = c.Int64("bulk-in-flight-bytes")
 			k, err := core.New(cfg)
 			if err != nil {
-				return err
+				return l.explain(err)
 			}
-			return runWithAdmin(c.Context, c.String("admin"), reg, k.Ready, func() any { return k.Status() }, k.Run, nil)
+			s := l.settings.Interface().(coreSettings)
+			return runWithAdmin(c.Context, s.Admin, cfg.Registry.(*prometheus.Registry), k.Ready, func() any { return k.Status() }, k.Run, nil)
 		},
 	}
+}
+
+// coreConfig turns the settings into core.Config, loading the certificates.
+func coreConfig(l *loaded) (core.Config, error) {
+	s := l.settings.Interface().(coreSettings)
+	// The other settings are checked by core.New; this one is the flag's own: 0
+	// stops at once, so a negative one is a mistake.
+	if err := setting.First([]setting.Check{
+		setting.NotNegative("--drain-timeout", s.DrainTimeout, "stop at once"),
+	}); err != nil {
+		return core.Config{}, l.explain(err)
+	}
+	tlsCfg, err := certs.LoadServer(s.CA, s.Cert, s.Key, s.AllowEdge)
+	if err != nil {
+		return core.Config{}, err
+	}
+	cfg := core.Config{
+		Name:              nameOr(s.Name),
+		MasterHost:        s.Master,
+		MasterPubPort:     s.MasterPubPort,
+		MasterRetPort:     s.MasterRetPort,
+		Listen:            s.Listen,
+		Tunnel:            tunnel.Config{TLS: tlsCfg, Logger: slog.Default().With("component", "tunnel")},
+		Ring:              core.RingLimits{Count: s.RingCount, Bytes: s.RingBytes, Age: s.RingAge},
+		Table:             core.TableLimits{TTL: s.DedupTTL},
+		MaxInFlight:       s.MaxInFlight,
+		MaxMessageSize:    s.MaxMessageSize,
+		DrainTimeout:      s.DrainTimeout,
+		WriteTimeout:      s.WriteTimeout,
+		BulkInFlightBytes: s.BulkInFlightBytes,
+		Registry:          newRegistry(),
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = -1 // stop at once
+	}
+	return cfg, nil
 }
 
 func edgeCommand() *cli.Command {
@@ -120,94 +227,119 @@ func edgeCommand() *cli.Command {
 the core is reachable, and keeps one connection to the core. Point minions at it by
 changing only 'master:' in their config to an address of this host.
 
+Settings come from, lowest first: the defaults shown here, --config FILE, the
+environment (BROKER_*), the command line. 'broker config check --config FILE'
+prints what a file amounts to.
+
 Example:
+   broker edge --config /etc/salt-broker/edge.yaml
    broker edge --core core.example.net:443 \
      --ca /etc/salt-broker/ca.crt --cert /etc/salt-broker/edge.crt --key /etc/salt-broker/edge.key`,
-		Flags: append(append([]cli.Flag{
-			&cli.StringFlag{Name: "core", Usage: "the core's host:port (required)", EnvVars: env("core")},
-			&cli.StringFlag{Name: "bind", Value: "0.0.0.0", Usage: "address minions use as 'master'", EnvVars: env("bind")},
-			&cli.IntFlag{Name: "pub-port", Value: 4505, Usage: "publish port: must be the port the real master announces (its publish_port)", EnvVars: env("pub-port")},
-			&cli.IntFlag{Name: "ret-port", Value: 4506, Usage: "ret port (the minions' master_port)", EnvVars: env("ret-port")},
-			&cli.StringFlag{Name: "transport", Value: "auto", Usage: "auto (QUIC, falling back to TCP), quic or tcp", EnvVars: env("transport")},
-			&cli.DurationFlag{Name: "quic-probe-interval", Value: 30 * time.Second, Usage: "while on the TCP fallback (--transport auto), try QUIC this often and move back when it works", EnvVars: env("quic-probe-interval")},
-			&cli.StringFlag{Name: "proxy", Usage: "HTTP proxy for the TCP transport, http://[user:pass@]host:port (default: HTTPS_PROXY/NO_PROXY from the environment)", EnvVars: env("proxy")},
-			&cli.PathFlag{Name: "state-dir", Usage: "directory for the publication cursor, so a restarted edge replays what it missed (\"\" keeps nothing)", EnvVars: env("state-dir")},
-			&cli.IntFlag{Name: "max-pending", Value: 20_000, Usage: "requests held until their reply; past it new ones are dropped and the minion retries", EnvVars: env("max-pending")},
-			&cli.Int64Flag{Name: "max-pending-bytes", Value: edge.DefaultMaxPendingBytes, Usage: "bytes of the requests held until their reply; past it new ones are dropped and the minion retries (a request alone always fits)", EnvVars: env("max-pending-bytes")},
-			&cli.DurationFlag{Name: "auth-max-age", Value: edge.DefaultAuthMaxAge, Usage: "auth requests older than this are stale (the minion has retried) and dropped", EnvVars: env("auth-max-age")},
-			&cli.DurationFlag{Name: "request-max-age", Value: edge.DefaultRequestMaxAge, Usage: "other requests older than this are dropped unsent", EnvVars: env("request-max-age")},
-			&cli.DurationFlag{Name: "retry-window", Value: edge.DefaultRetryWindow, Usage: "how soon after a minion socket closed with a request unanswered a same-shape request from a new socket counts as its retry; 0 turns retry recognition off (docs/guarantees.md)", EnvVars: env("retry-window")},
-			&cli.IntFlag{Name: "retry-chain", Value: 3, Usage: "tries in one minion retry chain (Salt's return_retry_tries)", EnvVars: env("retry-chain")},
-			&cli.DurationFlag{Name: "drain-timeout", Value: edge.DefaultDrainTimeout, Usage: "on SIGTERM, wait at most this long for the replies to requests already taken from minions, so a restart does not make them retry returns the master has; 0 stops at once", EnvVars: env("drain-timeout")},
-			&cli.IntFlag{Name: "max-minions", Value: 20_000, Usage: "connections accepted on each minion port", EnvVars: env("max-minions")},
-			&cli.IntFlag{Name: "max-connections", Value: edge.DefaultMaxConnections, Usage: "most connections to the core in the edge's pool; it grows past one when requests wait and loss looks random, and never past the minions connected (docs/architecture.md)", EnvVars: env("max-connections")},
-			&cli.StringFlag{Name: "tcp-congestion", Usage: "TCP congestion control for the TCP transport's sockets, e.g. bbr, where the kernel allows it (\"\": the system default)", EnvVars: env("tcp-congestion")},
-		}, tlsFlags()...), commonFlags("127.0.0.1:9511")...),
-		Before: chain(loadConfigFile(map[string]string{"publish_port": "pub-port", "ret_port": "ret-port", "master": "core"}),
-			requireFlags("core", "ca", "cert", "key")),
+		Flags: append([]cli.Flag{configFlag()}, edgeRole().flags()...),
 		Action: func(c *cli.Context) error {
-			// The other settings are checked by edge.New; these are the flags' own:
-			// 0 turns them off, so a negative one is a mistake.
-			if err := setting.First([]setting.Check{
-				setting.NotNegative("--retry-window", c.Duration("retry-window"), "retry recognition off"),
-				setting.NotNegative("--drain-timeout", c.Duration("drain-timeout"), "stop at once"),
-			}); err != nil {
-				return err
-			}
-			tlsCfg, err := certs.LoadClient(c.Path("ca"), c.Path("cert"), c.Path("key"))
+			l, err := start(c, edgeRole())
 			if err != nil {
 				return err
 			}
-			mode, err := tunnel.ParseMode(c.String("transport"))
+			cfg, err := edgeConfig(l)
 			if err != nil {
 				return err
 			}
-			dial := tunnel.DialOptions{Mode: mode, Proxy: tunnel.ProxyFromEnvironment, TCPCongestion: c.String("tcp-congestion")}
-			if p := c.String("proxy"); p != "" {
-				if dial.Proxy, err = tunnel.ProxyURL(p); err != nil {
-					return fmt.Errorf("--proxy: %w", err)
-				}
-			}
-			reg := newRegistry()
-			cfg := edge.Config{
-				Name:              nameOr(c.String("name")),
-				CoreAddr:          c.String("core"),
-				Bind:              c.String("bind"),
-				PubPort:           c.Int("pub-port"),
-				RetPort:           c.Int("ret-port"),
-				Tunnel:            tunnel.Config{TLS: tlsCfg, Logger: slog.Default().With("component", "tunnel")},
-				Dial:              dial,
-				StateDir:          c.Path("state-dir"),
-				MaxPending:        c.Int("max-pending"),
-				MaxPendingBytes:   c.Int64("max-pending-bytes"),
-				AuthMaxAge:        c.Duration("auth-max-age"),
-				RequestMaxAge:     c.Duration("request-max-age"),
-				MaxMessageSize:    c.Int("max-message-size"),
-				RetryWindow:       c.Duration("retry-window"),
-				QUICProbeInterval: c.Duration("quic-probe-interval"),
-				MaxRetryChain:     c.Int("retry-chain"),
-				DrainTimeout:      c.Duration("drain-timeout"),
-				Registry:          reg,
-			}
-			if cfg.RetryWindow == 0 {
-				cfg.RetryWindow = -1 // off: no request is within a negative window
-			}
-			if cfg.DrainTimeout == 0 {
-				cfg.DrainTimeout = -1 // stop at once
-			}
-			cfg.ZMTP.MaxPeers = c.Int("max-minions")
-			cfg.MaxConnections = c.Int("max-connections")
 			e, err := edge.New(cfg)
 			if err != nil {
-				return err
+				return l.explain(err)
 			}
-			return runWithAdmin(c.Context, c.String("admin"), reg, e.Ready, func() any { return e.Status() }, e.Run, func(s *admin.Server) {
+			s := l.settings.Interface().(edgeSettings)
+			return runWithAdmin(c.Context, s.Admin, cfg.Registry.(*prometheus.Registry), e.Ready, func() any { return e.Status() }, e.Run, func(s *admin.Server) {
 				s.HandleDebug("close-connection", admin.CloseConnection(e.CloseConnection, slog.Default()))
 			})
 		},
 	}
 }
 
+// edgeConfig turns the settings into edge.Config, loading the certificates.
+func edgeConfig(l *loaded) (edge.Config, error) {
+	s := l.settings.Interface().(edgeSettings)
+	// The other settings are checked by edge.New; these are the flags' own: 0
+	// turns them off, so a negative one is a mistake.
+	if err := setting.First([]setting.Check{
+		setting.NotNegative("--retry-window", s.RetryWindow, "retry recognition off"),
+		setting.NotNegative("--drain-timeout", s.DrainTimeout, "stop at once"),
+	}); err != nil {
+		return edge.Config{}, l.explain(err)
+	}
+	mode, err := tunnel.ParseMode(s.Transport)
+	if err != nil {
+		return edge.Config{}, usagef("--transport %q: want auto, quic or tcp%s", s.Transport, l.from("transport"))
+	}
+	tlsCfg, err := certs.LoadClient(s.CA, s.Cert, s.Key)
+	if err != nil {
+		return edge.Config{}, err
+	}
+	dial := tunnel.DialOptions{Mode: mode, Proxy: tunnel.ProxyFromEnvironment, TCPCongestion: s.TCPCongestion}
+	if s.Proxy != "" {
+		if dial.Proxy, err = tunnel.ProxyURL(s.Proxy); err != nil {
+			return edge.Config{}, usagef("--proxy: %w%s", err, l.from("proxy"))
+		}
+	}
+	cfg := edge.Config{
+		Name:              nameOr(s.Name),
+		CoreAddr:          s.Core,
+		Bind:              s.Bind,
+		PubPort:           s.PubPort,
+		RetPort:           s.RetPort,
+		Tunnel:            tunnel.Config{TLS: tlsCfg, Logger: slog.Default().With("component", "tunnel")},
+		Dial:              dial,
+		StateDir:          s.StateDir,
+		MaxPending:        s.MaxPending,
+		MaxPendingBytes:   s.MaxPendingBytes,
+		AuthMaxAge:        s.AuthMaxAge,
+		RequestMaxAge:     s.RequestMaxAge,
+		MaxMessageSize:    s.MaxMessageSize,
+		RetryWindow:       s.RetryWindow,
+		QUICProbeInterval: s.QUICProbeInterval,
+		MaxRetryChain:     s.RetryChain,
+		DrainTimeout:      s.DrainTimeout,
+		MaxConnections:    s.MaxConnections,
+		Registry:          newRegistry(),
+	}
+	if cfg.RetryWindow == 0 {
+		cfg.RetryWindow = -1 // off: no request is within a negative window
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = -1 // stop at once
+	}
+	cfg.ZMTP.MaxPeers = s.MaxMinions
+	if cfg.ZMTP.MaxPeers == 0 {
+		cfg.ZMTP.MaxPeers = edge.DefaultMaxMinions
+	}
+	return cfg, nil
+}
+
+// start loads a role's configuration and sets up logging from it: what the
+// loading noticed is logged once the level and format are known.
+func start(c *cli.Context, r role) (*loaded, error) {
+	l, err := load(c, r)
+	if err != nil {
+		return nil, err
+	}
+	level, format := l.get("log-level").String(), l.get("log-format").String()
+	if _, err := newLogger(level, defaultLogFormat); err != nil {
+		return nil, usagef("%w%s", err, l.from("log-level"))
+	}
+	log, err := newLogger(level, format)
+	if err != nil {
+		return nil, usagef("%w%s", err, l.from("log-format"))
+	}
+	slog.SetDefault(log)
+	for _, n := range l.notes {
+		slog.Info(n.msg, n.args...)
+	}
+	for _, n := range l.warns {
+		slog.Warn(n.msg, n.args...)
+	}
+	return l, nil
+}
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -244,58 +376,4 @@ func nameOr(n string) string {
 	}
 	h, _ := os.Hostname()
 	return h
-}
-
-// loadConfigFile applies --config: each YAML key names a flag (old salt-broker keys
-// are mapped by aliases). Flags given on the command line or in the environment win.
-func loadConfigFile(aliases map[string]string) cli.BeforeFunc {
-	return func(c *cli.Context) error {
-		path := c.Path("config")
-		if path == "" {
-			return nil
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("--config: %w", err)
-		}
-		var kv map[string]any
-		if err := yaml.Unmarshal(b, &kv); err != nil {
-			return fmt.Errorf("--config %s: %w", path, err)
-		}
-		known := map[string]bool{}
-		for _, f := range c.Command.Flags {
-			for _, n := range f.Names() {
-				known[n] = true
-			}
-		}
-		for key, val := range kv {
-			name := key
-			if a, ok := aliases[key]; ok {
-				name = a
-			}
-			if !known[name] {
-				return usagef("--config %s: unknown key %q (keys are flag names, see --help)", path, key)
-			}
-			if c.IsSet(name) {
-				continue
-			}
-			var s string
-			switch v := val.(type) {
-			case []any:
-				parts := make([]string, len(v))
-				for i, p := range v {
-					parts[i] = fmt.Sprint(p)
-				}
-				s = strings.Join(parts, ",")
-			case int:
-				s = strconv.Itoa(v)
-			default:
-				s = fmt.Sprint(v)
-			}
-			if err := c.Set(name, s); err != nil {
-				return usagef("--config %s: key %q: %s %s: %s", path, key, dashed(name), shown(s), wantFor(c.Command.Flags, name, err.Error()))
-			}
-		}
-		return nil
-	}
 }
