@@ -158,18 +158,6 @@ func requireFlags(names ...string) cli.BeforeFunc {
 	}
 }
 
-// chain runs Before functions in order, stopping at the first error.
-func chain(fs ...cli.BeforeFunc) cli.BeforeFunc {
-	return func(c *cli.Context) error {
-		for _, f := range fs {
-			if err := f(c); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-}
-
 // noSuchCommand is the Action of the app and of commands that only hold
 // subcommands: an unknown one is a usage error (urfave/cli would look for a help
 // topic of that name and exit 3), no command at all shows the help.
