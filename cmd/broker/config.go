@@ -326,7 +326,7 @@ func (l *loaded) missing(fields []field) string {
 
 var (
 	reUnknownKey = regexp.MustCompile(`^line (\d+): field (.+) not found in type .*$`)
-	reWrongType  = regexp.MustCompile("^line (\\d+): cannot unmarshal !!(\\w+) `(.*)` into (.+)$")
+	reWrongType  = regexp.MustCompile("^line (\\d+): cannot unmarshal !!(\\w+)(?: `(.*)`)? into (.+)$")
 	reLine       = regexp.MustCompile(`^line (\d+): (.*)$`)
 )
 
@@ -430,6 +430,9 @@ func (l *loaded) explainYAML(e string, keyOfLine func(int) string) string {
 	}
 	if m := reWrongType.FindStringSubmatch(e); m != nil {
 		line, _ := strconv.Atoi(m[1])
+		if m[3] == "" { // a list or a mapping: yaml.v3 does not quote it
+			return fmt.Sprintf("line %s: %s: %s; want %s", m[1], keyOfLine(line), yamlTypeName(m[2]), wantType(m[4]))
+		}
 		return fmt.Sprintf("line %s: %s: %q is %s; want %s", m[1], keyOfLine(line), m[3], yamlTypeName(m[2]), wantType(m[4]))
 	}
 	if m := reLine.FindStringSubmatch(e); m != nil {
