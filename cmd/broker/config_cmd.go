@@ -121,7 +121,13 @@ func configCheck(c *cli.Context) error {
 		}},
 	}
 	quietUsageErrors(inner.Commands)
-	return inner.RunContext(c.Context, append([]string{"broker", r.name, "--config", path}, c.Args().Slice()...))
+	args := []string{"broker", r.name, "--config", path}
+	for _, k := range []string{"log-level", "log-format"} {
+		if c.IsSet(k) { // `broker --log-level debug config check ...`: the app's flag
+			args = append(args, "--"+k, c.String(k))
+		}
+	}
+	return inner.RunContext(c.Context, append(args, c.Args().Slice()...))
 }
 
 // guessRole tells an edge's file from a core's by the keys only one of them has.
