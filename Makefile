@@ -30,6 +30,7 @@ deps:
 	  echo "make deps: installing python3-zmq python3-msgpack iproute2"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-zmq python3-msgpack iproute2 >/dev/null; \
 	fi
+	@command -v systemd-analyze >/dev/null || { [ "$$(id -u)" = 0 ] && echo "make deps: installing systemd (systemd-analyze, for test/deploy's unit checks)" && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null; } || echo "make deps: systemd-analyze is missing (sudo apt-get install systemd); test/deploy skips the unit checks without it"
 	$(GO) mod download
 
 tools: $(BIN)/staticcheck
