@@ -193,17 +193,13 @@ func coreConfig(l *loaded) (core.Config, error) {
 	}); err != nil {
 		return core.Config{}, l.explain(err)
 	}
-	tlsCfg, err := certs.LoadServer(s.CA, s.Cert, s.Key, s.AllowEdge)
-	if err != nil {
-		return core.Config{}, err
-	}
 	cfg := core.Config{
 		Name:              nameOr(s.Name),
 		MasterHost:        s.Master,
 		MasterPubPort:     s.MasterPubPort,
 		MasterRetPort:     s.MasterRetPort,
 		Listen:            s.Listen,
-		Tunnel:            tunnel.Config{TLS: tlsCfg, Logger: slog.Default().With("component", "tunnel")},
+		Tunnel:            tunnel.Config{Logger: slog.Default().With("component", "tunnel")},
 		Ring:              core.RingLimits{Count: s.RingCount, Bytes: s.RingBytes, Age: s.RingAge},
 		Table:             core.TableLimits{TTL: s.DedupTTL},
 		MaxInFlight:       s.MaxInFlight,
@@ -216,7 +212,28 @@ func coreConfig(l *loaded) (core.Config, error) {
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = -1 // stop at once
 	}
+	// Every value first, so one bad setting is not hidden behind a certificate
+	// that does not load yet (core.New checks again, after its own Defaults).
+	if err := validated(cfg); err != nil {
+		return core.Config{}, l.explain(err)
+	}
+	tlsCfg, err := certs.LoadServer(s.CA, s.Cert, s.Key, s.AllowEdge)
+	if err != nil {
+		return core.Config{}, err
+	}
+	cfg.Tunnel.TLS = tlsCfg
 	return cfg, nil
+}
+
+// validated checks a config as New will, on a copy: Defaults must not leak into
+// the config New gets (0 is also how some settings are turned off).
+func validated[C any, P interface {
+	*C
+	Defaults()
+	Validate() error
+}](cfg C) error {
+	P(&cfg).Defaults()
+	return P(&cfg).Validate()
 }
 
 func edgeCommand() *cli.Command {
@@ -272,10 +289,6 @@ func edgeConfig(l *loaded) (edge.Config, error) {
 	if err != nil {
 		return edge.Config{}, usagef("--transport %q: want auto, quic or tcp%s", s.Transport, l.from("transport"))
 	}
-	tlsCfg, err := certs.LoadClient(s.CA, s.Cert, s.Key)
-	if err != nil {
-		return edge.Config{}, err
-	}
 	dial := tunnel.DialOptions{Mode: mode, Proxy: tunnel.ProxyFromEnvironment, TCPCongestion: s.TCPCongestion}
 	if s.Proxy != "" {
 		if dial.Proxy, err = tunnel.ProxyURL(s.Proxy); err != nil {
@@ -288,7 +301,7 @@ func edgeConfig(l *loaded) (edge.Config, error) {
 		Bind:              s.Bind,
 		PubPort:           s.PubPort,
 		RetPort:           s.RetPort,
-		Tunnel:            tunnel.Config{TLS: tlsCfg, Logger: slog.Default().With("component", "tunnel")},
+		Tunnel:            tunnel.Config{Logger: slog.Default().With("component", "tunnel")},
 		Dial:              dial,
 		StateDir:          s.StateDir,
 		MaxPending:        s.MaxPending,
@@ -313,6 +326,14 @@ func edgeConfig(l *loaded) (edge.Config, error) {
 	if cfg.ZMTP.MaxPeers == 0 {
 		cfg.ZMTP.MaxPeers = edge.DefaultMaxMinions
 	}
+	if err := validated(cfg); err != nil { // see coreConfig
+		return edge.Config{}, l.explain(err)
+	}
+	tlsCfg, err := certs.LoadClient(s.CA, s.Cert, s.Key)
+	if err != nil {
+		return edge.Config{}, err
+	}
+	cfg.Tunnel.TLS = tlsCfg
 	return cfg, nil
 }
 
