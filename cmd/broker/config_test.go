@@ -160,6 +160,9 @@ func TestConfigTypes(t *testing.T) {
 	}
 	r = broker(t, []string{"BROKER_MAX_PENDING=many"}, "edge", "--config", writeConfig(t, "core: x:1\n"))
 	checkOneLine(t, r, exitUsage, "BROKER_MAX_PENDING=many: want a whole number")
+	// A bad value is named, with its line, before certificates that would not load.
+	r = broker(t, nil, "core", "--config", writeConfig(t, "master: m\nca: /nonexistent/ca.crt\ncert: c\nkey: k\nmax-in-flight: -1\n"))
+	checkOneLine(t, r, exitUsage, "--max-in-flight -1: must be at least 1 (from --config ", ", line 5)")
 }
 
 // log-level and log-format are settings like the others: in the file, and after the
