@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -36,15 +35,12 @@ type edgeReq struct {
 	everSent bool // put on a stream at least once: it may have reached the core
 	peerGone bool // the minion socket that asked has closed
 
-	// Retry chains (retry.go): a minion's own re-encrypted retry of this request.
-	chain      int           // tries of the minion's chain before this one
-	tryGap     time.Duration // since the chain's previous try: the minion's retry timer, as seen here
-	goneAt     time.Time     // when its minion socket closed with it unanswered
-	cancelling bool          // a retry replaces it: never put it on a stream again
-	replaces   *edgeReq      // the chain's try that may have reached the core; this one waits for its withdrawal
-	successor  *edgeReq      // a later retry that took over this one's wait
-	settledAt  time.Time     // dropped because the master has its chain: kept in reqTable.settled
-	answeredAt time.Time     // its reply was handed to its minion
+	// Retry chains: what the chain index (chains.go) knows of this request, nil if
+	// it is never chained; and the table's side of a chain (retry.go).
+	try        *try
+	cancelling bool     // a retry replaces it: never put it on a stream again
+	replaces   *edgeReq // the chain's try that may have reached the core; this one waits for its withdrawal
+	successor  *edgeReq // a later retry that took over this one's wait
 }
 
 // reqTable holds unanswered requests. A request leaves it exactly once: with its
@@ -67,23 +63,16 @@ type reqTable struct {
 	// the dispatch and /metrics.
 	logs []logLine
 
-	orphans map[chainKey][]*edgeReq  // unanswered requests whose minion socket closed
-	recent  map[chainKey][]recentTry // requests of the last RetryWindow
-	cancels []*edgeReq               // retries waiting for the core to withdraw their earlier try
-	// Tries dropped because the master has their chain, kept (not pending) so the
-	// minion's next try of the same chain is recognised and dropped too.
-	settled     map[uint64]*edgeReq
-	lastOfShape map[chainKey]*edgeReq // each minion's newest request of each shape
-	sockets     map[string]struct{}   // minion sockets that have sent a request and are open
-	upSince     time.Time             // when the current connection to the core came up
-	answered    []*edgeReq            // requests answered in the last RetryWindow, oldest first
-	draining    bool                  // the edge is stopping: nothing more is sent
+	now      func() time.Time // the table's and the chain index's clock
+	chains   *chainIndex      // which requests are tries of one minion's chain
+	cancels  []*edgeReq       // retries waiting for the core to withdraw their earlier try
+	draining bool             // the edge is stopping: nothing more is sent
 }
 
 func newReqTable(e *Edge) *reqTable {
+	now := time.Now
 	return &reqTable{e: e, byID: make(map[uint64]*edgeReq), bySocket: make(map[string][]*edgeReq), kick: make(chan struct{}, 1),
-		orphans: make(map[chainKey][]*edgeReq), recent: make(map[chainKey][]recentTry), settled: make(map[uint64]*edgeReq),
-		lastOfShape: make(map[chainKey]*edgeReq), sockets: make(map[string]struct{})}
+		now: now, chains: newChainIndex(now, chainLimits{window: e.cfg.RetryWindow, maxChain: e.cfg.MaxRetryChain, maxPending: e.cfg.MaxPending})}
 }
 
 type logLine struct {
@@ -162,6 +151,7 @@ func reqSize(r *edgeReq) int64 {
 // would let the earlier try and the minion's next one both reach the master.
 func (t *reqTable) add(r *edgeReq) string {
 	r.size = reqSize(r)
+	r.try = newTry(0, r.identity, r.env, r.created)
 	t.mu.Lock()
 	prev := t.earlierTryLocked(r)
 	if prev == nil {
@@ -179,13 +169,16 @@ func (t *reqTable) add(r *edgeReq) string {
 	}
 	t.nextID++
 	r.id = t.nextID
+	if r.try != nil {
+		r.try.id = r.id
+	}
 	t.byID[r.id] = r
 	t.bytes += r.size
 	t.bySocket[string(r.identity)] = append(t.bySocket[string(r.identity)], r)
 	if prev != nil {
 		t.linkLocked(prev, r)
 	}
-	t.noteShapeLocked(r)
+	t.chains.note(r.try)
 	t.waiting = append(t.waiting, r.id) // takeWaiting skips it while it is held
 	t.unlock()
 	t.wake()
@@ -236,6 +229,9 @@ func (t *reqTable) takeWaiting(now time.Time) []*edgeReq {
 		}
 		r.state = reqSending
 		r.everSent = true
+		if r.try != nil {
+			r.try.sent = true
+		}
 		out = append(out, r)
 	}
 	t.waiting = t.waiting[:0]
@@ -277,7 +273,7 @@ func (t *reqTable) expire(now time.Time) {
 		kept = append(kept, id)
 	}
 	t.waiting = kept
-	t.forgetAnswersLocked(now)
+	t.chains.forgetAnswers(now)
 }
 
 // requeue puts a request whose stream failed back in line for the next connection.
@@ -302,38 +298,11 @@ func (t *reqTable) finish(r *edgeReq, answered bool) bool {
 	}
 	t.removeLocked(r)
 	// finish is called from r's own exchange (conn.go), after its send: nothing
-	// reads the body any more. What the retry rules keep of r (lastOfShape,
-	// answered) is its shape and times, not its bytes.
+	// reads the body any more. What the chain index keeps of r is its try: its
+	// shape and times, not its bytes.
 	r.body = nil
-	now := time.Now()
-	t.forgetAnswersLocked(now)
-	if k, ok := keyOf(r); ok && t.lastOfShape[k] == r {
-		if answered {
-			// Its minion's timer may fire as the reply arrives (retry.go): kept
-			// for one RetryWindow.
-			r.answeredAt = now
-			t.answered = append(t.answered, r)
-		} else {
-			delete(t.lastOfShape, k)
-		}
-	}
+	t.chains.finished(r.try, answered, t.now())
 	return true
-}
-
-// forgetAnswersLocked lets go of answered requests older than one RetryWindow.
-func (t *reqTable) forgetAnswersLocked(now time.Time) {
-	n := 0
-	for _, r := range t.answered {
-		if now.Sub(r.answeredAt) <= t.e.cfg.RetryWindow {
-			break
-		}
-		if k, _ := keyOf(r); t.lastOfShape[k] == r {
-			delete(t.lastOfShape, k)
-		}
-		n++
-	}
-	clear(t.answered[:n])
-	t.answered = t.answered[n:]
 }
 
 // startDrain stops sending requests: a request sent during the drain could reach
@@ -362,7 +331,7 @@ func (t *reqTable) sentUnanswered() int {
 // connected notes that a connection to the core came up.
 func (t *reqTable) connected(now time.Time) {
 	t.mu.Lock()
-	t.upSince = now
+	t.chains.connected(now)
 	t.unlock()
 }
 
@@ -373,16 +342,13 @@ func (t *reqTable) connected(now time.Time) {
 func (t *reqTable) peerGone(identity []byte) {
 	t.mu.Lock()
 	defer t.unlock()
-	now := time.Now()
-	for _, r := range t.settled {
-		if bytes.Equal(r.identity, identity) {
-			r.peerGone = true
-			t.orphanLocked(r)
-		}
-	}
-	delete(t.sockets, string(identity))
+	now := t.now()
+	t.chains.socketGone(string(identity), func(earlier, retry *try) { t.linkLocked(earlier, t.byID[retry.id]) })
 	for _, r := range slices.Clone(t.bySocket[string(identity)]) {
 		r.peerGone = true
+		if r.try != nil {
+			r.try.peerGone = true
+		}
 		t.logLocked(slog.LevelDebug, "minion socket closed with a request unanswered", "id", r.id, "minion", r.env.ID, "socket", hex.EncodeToString(identity))
 		if sendableLocked(r) && t.dropByClassLocked(r, now) {
 			continue
@@ -394,6 +360,7 @@ func (t *reqTable) peerGone(identity []byte) {
 // removeLocked takes r out of the table (it is answered, refused or dropped).
 func (t *reqTable) removeLocked(r *edgeReq) {
 	delete(t.byID, r.id)
+	t.chains.removed(r.try)
 	t.bytes -= r.size
 	if r.state == reqWaiting {
 		// Not on a stream (requeue and takeWaiting switch the state under mu), so
@@ -436,7 +403,7 @@ func (e *Edge) accept(msg zmtp.Message) {
 		identity: msg.Identity,
 		envelope: msg.Frames[:split],
 		body:     msg.Frames[split:],
-		created:  time.Now(),
+		created:  e.reqs.now(),
 	}
 	if len(r.body) > 0 {
 		r.env, _ = saltmsg.Parse(r.body[0])

@@ -126,23 +126,25 @@ func TestRetryJoinsItsChainInAFullTable(t *testing.T) {
 // then let go: the shape index does not grow with the traffic.
 func TestAnsweredRequestsAreLetGo(t *testing.T) {
 	tb := testTable(t)
-	tb.e.cfg.RetryWindow = 50 * time.Millisecond
+	clk := virtualClock(tb)
+	tb.chains.limits.window = 50 * time.Millisecond
 	for i := range 3 {
-		r := ret(fmt.Sprintf("s%d", i), fmt.Sprintf("m%d", i), 500)
+		r := clk.ret(fmt.Sprintf("s%d", i), fmt.Sprintf("m%d", i), 500)
 		tb.add(r)
-		tb.takeWaiting(time.Now())
+		tb.takeWaiting(clk.now())
 		tb.finish(r, true)
 	}
-	if len(tb.lastOfShape) != 3 || len(tb.answered) != 3 {
-		t.Fatalf("want the 3 answers kept for the window, got %d shapes, %d answers", len(tb.lastOfShape), len(tb.answered))
+	ch := tb.chains
+	if len(ch.lastOfShape) != 3 || len(ch.answered) != 3 {
+		t.Fatalf("want the 3 answers kept for the window, got %d shapes, %d answers", len(ch.lastOfShape), len(ch.answered))
 	}
-	time.Sleep(60 * time.Millisecond)
-	last := ret("s9", "m9", 500)
+	clk.advance(60 * time.Millisecond)
+	last := clk.ret("s9", "m9", 500)
 	tb.add(last)
-	tb.takeWaiting(time.Now())
+	tb.takeWaiting(clk.now())
 	tb.finish(last, true)
-	if len(tb.lastOfShape) != 1 || len(tb.answered) != 1 || tb.answered[0] != last {
-		t.Errorf("after the window: %d shapes, %d answers kept, want only the newest", len(tb.lastOfShape), len(tb.answered))
+	if len(ch.lastOfShape) != 1 || len(ch.answered) != 1 || ch.answered[0] != last.try {
+		t.Errorf("after the window: %d shapes, %d answers kept, want only the newest", len(ch.lastOfShape), len(ch.answered))
 	}
 }
 
@@ -367,7 +369,7 @@ func TestByteBoundRefusesAndReleases(t *testing.T) {
 func TestFinishedRequestsLetGoOfTheirBodies(t *testing.T) {
 	for _, answered := range []bool{false, true} {
 		tb := testTable(t)
-		tb.e.cfg.RetryWindow = time.Hour // nothing ages out during the test
+		tb.chains.limits.window = time.Hour // nothing ages out during the test
 		var body weak.Pointer[[1 << 20]byte]
 		var k chainKey
 		func() {
@@ -375,16 +377,18 @@ func TestFinishedRequestsLetGoOfTheirBodies(t *testing.T) {
 			body = weak.Make(arr)
 			r := ret("s1", "m1", 500)
 			r.body = [][]byte{arr[:]}
-			k, _ = keyOf(r)
+			k, _ = shapeOf(r.env)
 			tb.add(r)
 			tb.takeWaiting(time.Now())
 			tb.finish(r, answered)
 		}()
-		if len(tb.recent[k]) != 1 {
-			t.Fatalf("answered %v: recent holds %d entries of the shape, want 1", answered, len(tb.recent[k]))
+		if len(tb.chains.recent[k]) != 1 {
+			t.Fatalf("answered %v: recent holds %d entries of the shape, want 1", answered, len(tb.chains.recent[k]))
 		}
-		if o := tb.lastOfShape[k]; answered && (o == nil || o.body != nil) {
-			t.Fatalf("answered: the shape index holds a request: %v, with a body: %v; want the answered request without its body", o != nil, o != nil && o.body != nil)
+		// The chain index holds tries, which point at no request: only the weak
+		// pointer below can tell whether the body is let go.
+		if o := tb.chains.lastOfShape[k]; answered && o == nil {
+			t.Fatal("answered: the shape index lost the answered try")
 		}
 		runtime.GC()
 		if body.Value() != nil {
@@ -419,7 +423,7 @@ func TestNoLogLineUnderTheTableLock(t *testing.T) {
 	}
 	next := ret("s3", "m1", 500) // another gap: passed on, counted
 	next.created = b.created.Add(4 * time.Second)
-	b.answeredAt = next.created.Add(-20 * time.Millisecond)
+	b.try.answeredAt = next.created.Add(-20 * time.Millisecond)
 	tb.add(next)
 
 	for _, want := range []string{

@@ -31,6 +31,28 @@ func ret(identity string, minion string, loadLen int) *edgeReq {
 		env: saltmsg.Envelope{Class: saltmsg.ClassAES, Enc: "aes", ID: minion, LoadLen: loadLen}}
 }
 
+// testClock is a virtual clock for a table and its chain index: it moves only when
+// a test advances it, so a test of the window sleeps for nothing.
+type testClock struct{ t time.Time }
+
+func (c *testClock) now() time.Time          { return c.t }
+func (c *testClock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+// ret is a minion's return arriving now, by this clock.
+func (c *testClock) ret(identity, minion string, loadLen int) *edgeReq {
+	r := ret(identity, minion, loadLen)
+	r.created = c.t
+	return r
+}
+
+// virtualClock gives tb (and its chain index) a virtual clock.
+func virtualClock(tb *reqTable) *testClock {
+	c := &testClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	tb.now = c.now
+	tb.chains.now = c.now
+	return c
+}
+
 func ids(rs []*edgeReq) []uint64 {
 	var out []uint64
 	for _, r := range rs {
@@ -111,15 +133,15 @@ func TestThirdTryTakesOverTheWait(t *testing.T) {
 
 func TestNotARetry(t *testing.T) {
 	tb := testTable(t)
-	tb.e.cfg.RetryWindow = 50 * time.Millisecond
-	a := ret("s1", "m1", 500)
-	tb.add(a)
+	clk := virtualClock(tb)
+	tb.chains.limits.window = 50 * time.Millisecond
+	tb.add(clk.ret("s1", "m1", 500))
 	tb.peerGone([]byte("s1"))
-	tb.add(ret("s2", "m1", 501)) // another length
-	tb.add(ret("s3", "m2", 500)) // another minion
-	time.Sleep(60 * time.Millisecond)
-	tb.add(ret("s4", "m1", 500)) // too late
-	if got := tb.takeWaiting(time.Now()); len(got) != 4 {
+	tb.add(clk.ret("s2", "m1", 501)) // another length
+	tb.add(clk.ret("s3", "m2", 500)) // another minion
+	clk.advance(60 * time.Millisecond)
+	tb.add(clk.ret("s4", "m1", 500)) // too late
+	if got := tb.takeWaiting(clk.now()); len(got) != 4 {
 		t.Fatalf("want 4 independent requests, got %v", ids(got))
 	}
 }
@@ -143,22 +165,23 @@ func TestChainLengthIsCapped(t *testing.T) {
 // The retry's new connection can beat the old one's close: the chain still forms.
 func TestRetryArrivingBeforeTheCloseIsSeen(t *testing.T) {
 	tb := testTable(t)
-	a := ret("s1", "m1", 500)
+	clk := virtualClock(tb)
+	a := clk.ret("s1", "m1", 500)
 	tb.add(a)
-	tb.takeWaiting(time.Now())
+	tb.takeWaiting(clk.now())
 	tb.requeue(a)
-	time.Sleep(time.Millisecond)
-	b := ret("s2", "m1", 500)
+	clk.advance(time.Millisecond)
+	b := clk.ret("s2", "m1", 500)
 	tb.add(b) // a's socket is not seen closed yet
 	tb.peerGone([]byte("s1"))
 	if b.replaces != a {
 		t.Fatal("the retry that came first was not linked to its earlier try")
 	}
-	if got := tb.takeWaiting(time.Now()); len(got) != 0 {
+	if got := tb.takeWaiting(clk.now()); len(got) != 0 {
 		t.Fatalf("nothing may be sent before the core answers, got %v", ids(got))
 	}
 	tb.resolveRetry(tb.takeCancels()[0], wire.CancelDone)
-	if got := tb.takeWaiting(time.Now()); len(got) != 1 || got[0] != b {
+	if got := tb.takeWaiting(clk.now()); len(got) != 1 || got[0] != b {
 		t.Fatalf("want the retry, got %v", ids(got))
 	}
 }
@@ -199,7 +222,7 @@ func TestTryAfterARetryDroppedAtTheMasterIsDroppedToo(t *testing.T) {
 		if got := tb.takeWaiting(time.Now()); len(got) != 1 || got[0] != d {
 			t.Errorf("%s: after a complete chain, want the next request sent, got %v", order, ids(got))
 		}
-		if n := len(tb.settled); n != 0 {
+		if n := len(tb.chains.settled); n != 0 {
 			t.Errorf("%s: %d settled tries kept after the chain completed", order, n)
 		}
 	}
@@ -225,7 +248,7 @@ func TestRetryOnANewSocketWithoutAClose(t *testing.T) {
 		t.Fatalf("nothing may be sent before the core answers, got %v", ids(got))
 	}
 	tb.resolveRetry(tb.takeCancels()[0], wire.CancelAtMaster)
-	b.created = time.Now().Add(-7 * time.Second)
+	b.try.created = time.Now().Add(-7 * time.Second)
 	c := ret("s3", "m1", 500)
 	tb.add(c)
 	if got := tb.takeWaiting(time.Now()); len(got) != 0 || tb.size() != 0 {
@@ -248,8 +271,8 @@ func TestSameShapeSoonAfterOrOnAnOldSocketIsNotARetry(t *testing.T) {
 	d := ret("s3", "m1", 500) // s3 has sent before
 	d.created = time.Now().Add(10 * time.Second)
 	tb.add(d)
-	if got := tb.takeWaiting(time.Now()); len(got) != 1 || got[0] != d || b.chain != 0 || d.chain != 0 {
-		t.Fatalf("want independent requests, got %v (chains %d, %d)", ids(got), b.chain, d.chain)
+	if got := tb.takeWaiting(time.Now()); len(got) != 1 || got[0] != d || b.try.chain != 0 || d.try.chain != 0 {
+		t.Fatalf("want independent requests, got %v (chains %d, %d)", ids(got), b.try.chain, d.try.chain)
 	}
 }
 
@@ -274,8 +297,8 @@ func TestNewChannelAfterAnAnswerIsNotARetry(t *testing.T) {
 		if !closeFirst {
 			tb.peerGone([]byte("s1"))
 		}
-		if got := tb.takeWaiting(time.Now()); len(got) != 1 || got[0] != b || b.chain != 0 {
-			t.Errorf("close first %v: want the new request sent as it is, got %v (chain %d)", closeFirst, ids(got), b.chain)
+		if got := tb.takeWaiting(time.Now()); len(got) != 1 || got[0] != b || b.try.chain != 0 {
+			t.Errorf("close first %v: want the new request sent as it is, got %v (chain %d)", closeFirst, ids(got), b.try.chain)
 		}
 	}
 }
@@ -320,8 +343,8 @@ func TestTryRacingItsReplyIsDropped(t *testing.T) {
 			b := ret("s2", "m1", 500) // its retry, 7 s later: a was held, never sent
 			b.created = now.Add(-7 * time.Second)
 			tb.add(b)
-			if b.chain != 1 || b.tryGap != 7*time.Second {
-				t.Fatalf("the second try was not recognised: chain %d, gap %s", b.chain, b.tryGap)
+			if b.try.chain != 1 || b.try.gap != 7*time.Second {
+				t.Fatalf("the second try was not recognised: chain %d, gap %s", b.try.chain, b.try.gap)
 			}
 			if c.outage {
 				tb.connected(b.created.Add(time.Second))
@@ -331,7 +354,7 @@ func TestTryRacingItsReplyIsDropped(t *testing.T) {
 			}
 			next := ret("s3", "m1", 500)
 			next.created = b.created.Add(c.gap)
-			b.answeredAt = next.created.Add(-20 * time.Millisecond)
+			b.try.answeredAt = next.created.Add(-20 * time.Millisecond)
 			tb.add(next)
 			got := tb.takeWaiting(now)
 			if dropped := len(got) == 0 && tb.size() == 0; dropped != c.dropped {
