@@ -9,12 +9,19 @@ STATICCHECK_VERSION := v0.8.2
 # 1.27). 300000 runs take 4-12 s per target here.
 FUZZTIME ?= 300000x
 
-.PHONY: all build demo test unit fuzz fuzz-short lint deps tools bench bench-wan clean
+.PHONY: all build deb demo test unit fuzz fuzz-short lint deps tools bench bench-wan clean
 
 all: build
 
+# What `broker version` says (internal/buildinfo): git describe and the commit, set at
+# link time because GOFLAGS=-buildvcs=false keeps Go from recording them.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT  ?= $(shell git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/salt-broker/salt-broker/internal/buildinfo.Version=$(VERSION) \
+	-X github.com/salt-broker/salt-broker/internal/buildinfo.Commit=$(COMMIT)
+
 build:
-	$(GO) build -o $(BIN)/broker ./cmd/broker
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/broker ./cmd/broker
 
 ## demo: core, edge, a simulated master and minions on loopback; prints what crossed the tunnel.
 demo: build
@@ -72,6 +79,24 @@ BENCH_WAN_ARGS ?=
 BENCH_WAN_PLOTS ?= $(CURDIR)/docs/bench
 bench-wan: deps
 	$(GO) test -count=1 -run '^$$' -bench '$(BENCH_WAN)' -benchtime 1x -timeout 120m ./test/bench/wan -plots '$(BENCH_WAN_PLOTS)' $(BENCH_WAN_ARGS)
+
+## deb: the Debian package (nfpm) in $(BIN)/: binary, units, example configs as conffiles,
+## completions, the salt-broker user and /var/lib/salt-broker; it starts nothing.
+## dpkg wants a version that starts with a digit: before the first tag, 0~git<commit>.
+NFPM_VERSION := v2.48.0
+NFPM := $(CURDIR)/bin/nfpm
+DEB_VERSION ?= $(shell echo '$(VERSION)' | sed -E 's/^v//; s/-/+/g; /^[0-9]+\./!s/^/0~git/')
+DEB_ARCH ?= $(shell $(GO) env GOARCH)
+$(NFPM):
+	GOBIN=$(CURDIR)/bin $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
+deb: build $(NFPM)
+	rm -rf $(BIN)/deb && mkdir -p $(BIN)/deb
+	for u in core edge; do \
+	  sed 's#/usr/local/bin/broker#/usr/bin/broker#g' deploy/salt-broker-$$u.service >$(BIN)/deb/salt-broker-$$u.service || exit 1; done
+	$(abspath $(BIN))/broker completion bash >$(BIN)/deb/broker.bash
+	$(abspath $(BIN))/broker completion zsh >$(BIN)/deb/_broker
+	rm -f $(BIN)/salt-broker_*.deb
+	DEB_BIN='$(abspath $(BIN))' DEB_VERSION='$(DEB_VERSION)' DEB_ARCH='$(DEB_ARCH)' $(NFPM) package --config deploy/deb/nfpm.yaml --packager deb --target $(BIN)/
 
 clean:
 	rm -rf $(BIN)
