@@ -32,11 +32,17 @@ const (
 	RoleCore Role = "core"
 )
 
+// Default validities, in days (--days overrides them). Ten years for the CA,
+// whose rollover means touching every machine; two years for the leaves, short
+// enough that a lost key ages out, long enough that renewal is a yearly chore at
+// most. The expiry metric and its 30-day warning make either safe to let run.
 const (
-	caValidity   = 10 * 365 * 24 * time.Hour
-	leafValidity = 2 * 365 * 24 * time.Hour
-	orgName      = "salt-broker"
+	DefaultCADays   = 10 * 365
+	DefaultLeafDays = 2 * 365
+	orgName         = "salt-broker"
 )
+
+func days(n int) time.Duration { return time.Duration(n) * 24 * time.Hour }
 
 type keyPair struct {
 	cert *x509.Certificate
@@ -49,16 +55,22 @@ func serial() *big.Int {
 	return n
 }
 
-func newCA() (*keyPair, error) {
+func newCA(validDays int) (*keyPair, error) {
+	if validDays <= 0 {
+		validDays = DefaultCADays
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
+	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "salt-broker CA", Organization: []string{orgName}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(caValidity),
+		SerialNumber: serial(),
+		// The date tells two CAs apart in a bundle during a rollover (certs show,
+		// the expiry metric's name label).
+		Subject:               pkix.Name{CommonName: "salt-broker CA " + now.UTC().Format("2006-01-02"), Organization: []string{orgName}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(days(validDays)),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		MaxPathLenZero:        true,
@@ -72,16 +84,29 @@ func newCA() (*keyPair, error) {
 	return &keyPair{cert: cert, der: der, key: key}, err
 }
 
-func (ca *keyPair) issue(name string, role Role, hosts []string) (*keyPair, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
+// issue signs a leaf for name; key nil makes a new one (renew --keep-key passes the old).
+func (ca *keyPair) issue(name string, role Role, hosts []string, validDays int, key *ecdsa.PrivateKey) (*keyPair, error) {
+	if validDays <= 0 {
+		validDays = DefaultLeafDays
+	}
+	if key == nil {
+		var err error
+		if key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+			return nil, err
+		}
+	}
+	notAfter := time.Now().Add(days(validDays))
+	if notAfter.After(ca.cert.NotAfter) {
+		// A leaf outliving its CA would stop verifying on the CA's last day anyway:
+		// say so now rather than then.
+		return nil, fmt.Errorf("%d days would outlast the CA, which expires %s (%d days left): use fewer days, or roll the CA over first (docs/operations.md)",
+			validDays, ca.cert.NotAfter.UTC().Format(time.DateOnly), int(time.Until(ca.cert.NotAfter).Hours()/24))
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: name, Organization: []string{orgName}, OrganizationalUnit: []string{string(role)}},
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(leafValidity),
+		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 	}
 	switch role {
@@ -128,11 +153,17 @@ func writePair(dir, name string, kp *keyPair) error {
 }
 
 // InitCA writes a new CA to DIR/ca.crt and DIR/ca.key; it refuses to overwrite one.
-func InitCA(dir string) error {
+func InitCA(dir string) error { return InitCADays(dir, 0) }
+
+// InitCADays is InitCA with a validity of validDays (0: DefaultCADays).
+func InitCADays(dir string, validDays int) error {
+	if validDays < 0 {
+		return fmt.Errorf("--days %d: must be at least 1", validDays)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
-	ca, err := newCA()
+	ca, err := newCA(validDays)
 	if err != nil {
 		return fmt.Errorf("generate CA: %w", err)
 	}
@@ -159,20 +190,33 @@ func loadCA(dir string) (*keyPair, error) {
 }
 
 // Issue writes DIR/NAME.crt and DIR/NAME.key, signed by the CA in DIR.
-func Issue(dir, name string, role Role, hosts []string) error {
-	if name == "" || name == "ca" || filepath.Base(name) != name {
-		return fmt.Errorf("certificate name %q: use a plain name such as site-a", name)
+func Issue(dir, name string, role Role, hosts []string) error { return IssueDays(dir, name, role, hosts, 0) }
+
+// IssueDays is Issue with a validity of validDays (0: DefaultLeafDays).
+func IssueDays(dir, name string, role Role, hosts []string, validDays int) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	if validDays < 0 {
+		return fmt.Errorf("--days %d: must be at least 1", validDays)
 	}
 	ca, err := loadCA(dir)
 	if err != nil {
 		return err
 	}
-	kp, err := ca.issue(name, role, hosts)
+	kp, err := ca.issue(name, role, hosts, validDays, nil)
 	if err != nil {
 		return fmt.Errorf("issue %s certificate %s: %w", role, name, err)
 	}
 	if err := writePair(dir, name, kp); err != nil {
 		return fmt.Errorf("write %s certificate: %w", name, err)
+	}
+	return nil
+}
+
+func checkName(name string) error {
+	if name == "" || name == "ca" || filepath.Base(name) != name {
+		return fmt.Errorf("certificate name %q: use a plain name such as site-a", name)
 	}
 	return nil
 }
@@ -329,15 +373,15 @@ func NewEphemeral(hosts []string) (*Ephemeral, error) {
 	if len(hosts) == 0 {
 		hosts = []string{"localhost", "127.0.0.1", "::1"}
 	}
-	ca, err := newCA()
+	ca, err := newCA(0)
 	if err != nil {
 		return nil, err
 	}
-	coreKP, err := ca.issue("core", RoleCore, hosts)
+	coreKP, err := ca.issue("core", RoleCore, hosts, 0, nil)
 	if err != nil {
 		return nil, err
 	}
-	edgeKP, err := ca.issue("edge", RoleEdge, nil)
+	edgeKP, err := ca.issue("edge", RoleEdge, nil, 0, nil)
 	if err != nil {
 		return nil, err
 	}
