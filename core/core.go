@@ -120,6 +120,7 @@ type Core struct {
 	draining chan struct{}
 	metrics  *metrics
 	warns    ratelog.Limiter            // log lines a flood of requests repeats
+	dupNames ratelog.Limiter            // "certificate name connected twice", per name (edgeconn.go)
 	master   atomic.Pointer[masterLink] // set while runMaster runs
 
 	mu       sync.Mutex
@@ -150,6 +151,7 @@ func New(cfg Config) (*Core, error) {
 		slots: make(chan struct{}, cfg.MaxInFlight), draining: make(chan struct{}),
 		edges: make(map[*edgeConn]struct{}), sessions: make(map[uint64]sessionOwner),
 	}
+	c.dupNames.Every = time.Minute
 	c.metrics = newMetrics(c, cfg.Registry)
 	return c, nil
 }

@@ -233,6 +233,7 @@ func (e *edgeConn) serveControl(st tunnel.Stream, rd *wire.Reader, body []byte) 
 	}
 	log.Info("edge connected", "pub_cursor", h.PubCursor, "cursor_epoch", h.CoreEpoch, "pending_requests", h.Pending)
 	e.c.supersede(e, key, h.Conn)
+	e.c.warnSharedName(e, peer)
 	for {
 		_ = st.SetReadDeadline(time.Now().Add(controlTimeout))
 		typ, body, err := rd.Next()
@@ -363,6 +364,36 @@ func (c *Core) supersede(e *edgeConn, key sessionKey, slot uint32) {
 	for _, o := range old {
 		o.logger().Info("closing this edge's previous connection in this slot: it has connected again")
 		_ = o.sess.CloseWithError("superseded by a newer connection of this edge")
+	}
+}
+
+// warnSharedName warns when another session of e's certificate name is connected:
+// two edges presenting one certificate (a copied key), each served, each unaware
+// of the other. An edge restarted after a crash may also overlap its previous
+// session for a moment, until the core times that one out. At most once a minute
+// per name.
+func (c *Core) warnSharedName(e *edgeConn, p *edgePeer) {
+	var other *edgeConn
+	var op *edgePeer
+	c.mu.Lock()
+	for o := range c.edges {
+		if q := o.said(); o != e && q != nil && q.key.cert == p.key.cert && q.key.session != p.key.session && o.sess.Context().Err() == nil {
+			other, op = o, q
+			break
+		}
+	}
+	c.mu.Unlock()
+	if other == nil {
+		return
+	}
+	if ok, n := c.dupNames.Allow(p.key.cert, time.Now()); ok {
+		args := []any{"cert_name", p.key.cert,
+			"remote", e.sess.RemoteAddr(), "edge_name", p.hello.EdgeName, "edge_session", fmt.Sprintf("%016x", p.key.session),
+			"other_remote", other.sess.RemoteAddr(), "other_edge_name", op.hello.EdgeName, "other_edge_session", fmt.Sprintf("%016x", op.key.session)}
+		if n > 0 {
+			args = append(args, "similar_not_logged", n)
+		}
+		c.log.Warn("two edge sessions with one certificate name are connected: each edge should have its own certificate (or this edge restarted and its previous connection has not timed out yet)", args...)
 	}
 }
 
