@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/salt-broker/salt-broker/certs"
 	"github.com/salt-broker/salt-broker/internal/ratelog"
 	"github.com/salt-broker/salt-broker/internal/waitctx"
 	"github.com/salt-broker/salt-broker/internal/wire"
@@ -38,6 +39,8 @@ type Config struct {
 	MasterRetPort int
 	Listen        string // UDP and TCP, same port
 	Tunnel        tunnel.Config
+	// Certs, when set, supplies Tunnel.TLS and makes Reload possible (reload.go).
+	Certs *certs.Store
 
 	Ring           RingLimits
 	Table          TableLimits
@@ -136,6 +139,9 @@ func New(cfg Config) (*Core, error) {
 	}
 	if cfg.MasterHost == "" {
 		return nil, errors.New("the master's address is required (--master)")
+	}
+	if cfg.Certs != nil && cfg.Tunnel.TLS == nil {
+		cfg.Tunnel.TLS = cfg.Certs.ServerTLS()
 	}
 	ln, err := tunnel.Listen(cfg.Listen, cfg.Tunnel)
 	if err != nil {

@@ -72,6 +72,7 @@ func (c *Core) serveEdge(ctx context.Context, sess tunnel.Session) {
 	c.edges[e] = struct{}{}
 	c.mu.Unlock()
 	c.metrics.edges.Inc()
+	admitted := c.admitAfterReload(e) // a reload may have revoked it since its handshake (reload.go)
 	defer func() {
 		c.mu.Lock()
 		delete(c.edges, e)
@@ -83,6 +84,9 @@ func (c *Core) serveEdge(ctx context.Context, sess tunnel.Session) {
 		}
 	}()
 	e.base.Debug("edge connection accepted")
+	if !admitted {
+		return
+	}
 
 	var streams sync.WaitGroup
 	defer streams.Wait()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/salt-broker/salt-broker/certs"
 	"github.com/salt-broker/salt-broker/internal/ratelog"
 	"github.com/salt-broker/salt-broker/internal/waitctx"
 	"github.com/salt-broker/salt-broker/internal/wire"
@@ -52,6 +53,9 @@ type Config struct {
 	PubPort  int    // the port the master announces as publish_port
 	RetPort  int    // the master's ret_port
 	Tunnel   tunnel.Config
+	// Certs, when set, supplies the TLS of each new connection and makes Reload
+	// possible (reload.go).
+	Certs *certs.Store
 	Dial     tunnel.DialOptions
 	ZMTP     zmtp.Options
 	StateDir string // where the publication cursor survives restarts; "" = not kept
@@ -189,6 +193,9 @@ func New(cfg Config) (*Edge, error) {
 		return nil, err
 	}
 	e.cursor = cs
+	if cfg.Certs != nil && cfg.Tunnel.TLS == nil && cfg.Tunnel.TLSFunc == nil {
+		cfg.Tunnel.TLSFunc = cfg.Certs.ClientTLS
+	}
 	if e.dialer, err = tunnel.NewDialer(cfg.Tunnel, cfg.Dial); err != nil {
 		return nil, err
 	}

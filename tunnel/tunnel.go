@@ -74,6 +74,11 @@ type Stats struct {
 // Config tunes both transports. Defaults suit long fat links (DESIGN §4).
 type Config struct {
 	TLS                *tls.Config   // from certs; cloned, ALPN and TLS 1.3 enforced
+	// TLSFunc, when set, replaces TLS and is asked for each new connection an edge
+	// dials, so certificates reloaded at SIGHUP apply to the next handshake
+	// (certs.Store.ClientTLS). A listener asks it once: the core's reloadable
+	// configuration reads the current material in its own hooks.
+	TLSFunc func() *tls.Config
 	KeepAlivePeriod    time.Duration // default 10s, well under NAT timeouts
 	IdleTimeout        time.Duration // default 30s
 	HandshakeTimeout   time.Duration // default 5s
@@ -109,10 +114,14 @@ func (c Config) withDefaults() Config {
 }
 
 func (c Config) tlsConfig() (*tls.Config, error) {
-	if c.TLS == nil {
+	base := c.TLS
+	if c.TLSFunc != nil {
+		base = c.TLSFunc()
+	}
+	if base == nil {
 		return nil, errors.New("tunnel: no TLS configuration (certificates are required)")
 	}
-	t := c.TLS.Clone()
+	t := base.Clone()
 	t.MinVersion = tls.VersionTLS13
 	t.NextProtos = []string{ALPN}
 	return t, nil
