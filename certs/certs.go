@@ -190,7 +190,9 @@ func loadCA(dir string) (*keyPair, error) {
 }
 
 // Issue writes DIR/NAME.crt and DIR/NAME.key, signed by the CA in DIR.
-func Issue(dir, name string, role Role, hosts []string) error { return IssueDays(dir, name, role, hosts, 0) }
+func Issue(dir, name string, role Role, hosts []string) error {
+	return IssueDays(dir, name, role, hosts, 0)
+}
 
 // IssueDays is Issue with a validity of validDays (0: DefaultLeafDays).
 func IssueDays(dir, name string, role Role, hosts []string, validDays int) error {

@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
@@ -151,11 +152,10 @@ func matchingCert(keyFile string, blk *pem.Block) string {
 	if err != nil {
 		return ""
 	}
-	pub, ok := k.(interface{ Public() any })
+	pub, ok := k.(crypto.Signer)
 	if !ok {
 		return ""
 	}
-	// crypto.Signer's Public returns crypto.PublicKey, an alias of any.
 	crt := strings.TrimSuffix(keyFile, filepath.Ext(keyFile)) + ".crt"
 	b, err := os.ReadFile(crt)
 	if err != nil {
@@ -169,7 +169,7 @@ func matchingCert(keyFile string, blk *pem.Block) string {
 	if err != nil {
 		return ""
 	}
-	eq, ok := pub.Public().(interface{ Equal(any) bool })
+	eq, ok := pub.Public().(interface{ Equal(crypto.PublicKey) bool })
 	if !ok {
 		return ""
 	}
