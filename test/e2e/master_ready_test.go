@@ -11,7 +11,8 @@ import (
 
 // The core's /readyz follows its master sockets: not ready while the master is down
 // (a load balancer or systemd watchdog trusts it), ready once both are connected,
-// not ready again when the master goes away, each change logged and in a metric.
+// not ready again when the master goes away and ready once it is back, each
+// socket's change logged on its own line and in master_connected{socket}.
 func TestCoreReadinessFollowsTheMaster(t *testing.T) {
 	ctx := ctxFor(t, 2*time.Minute)
 	pubPort, retPort := harness.FreePort(t, "127.0.0.1"), harness.FreePort(t, "127.0.0.1")
@@ -68,7 +69,45 @@ func TestCoreReadinessFollowsTheMaster(t *testing.T) {
 		code := readyz()
 		return code == http.StatusServiceUnavailable, http.StatusText(code)
 	})
-	waitFor(t, ctx, "the loss logged", func() (bool, string) {
-		return strings.Contains(p.Core.Stderr(), "lost the connection to the master"), "not yet"
+	// Each socket's loss is its own line, and so is each return: an operator sees
+	// which of the master's two ports the core lost.
+	for _, socket := range []string{"SUB", "DEALER"} {
+		waitFor(t, ctx, socket+"'s loss logged", func() (bool, string) {
+			return hasLine(p.Core.Stderr(), "lost the connection to the master", "socket="+socket), "not yet"
+		})
+	}
+	if connected("sub") != 0 || connected("dealer") != 0 {
+		t.Errorf("master_connected with the master gone: sub %v dealer %v", connected("sub"), connected("dealer"))
+	}
+
+	harness.StartMaster(t, harness.MasterOpts{PubPort: pubPort, RetPort: retPort})
+	waitFor(t, ctx, "/readyz once the master is back", func() (bool, string) {
+		code := readyz()
+		return code == http.StatusOK, http.StatusText(code)
 	})
+	for _, socket := range []string{"SUB", "DEALER"} {
+		waitFor(t, ctx, socket+"'s return logged", func() (bool, string) {
+			return hasLine(p.Core.Stderr(), "connected to the master again", "socket="+socket), "not yet"
+		})
+	}
+	if connected("sub") != 1 || connected("dealer") != 1 {
+		t.Errorf("master_connected with the master back: sub %v dealer %v", connected("sub"), connected("dealer"))
+	}
+	if res, err := mins.Request(ctx, harness.RequestOpts{Count: 3, Size: 100, ReplySize: 99}); err != nil || res.OK != res.Total {
+		t.Fatalf("requests with the master back: %+v %v", res, err)
+	}
+}
+
+// hasLine: some line of log contains every one of parts.
+func hasLine(log string, parts ...string) bool {
+	for line := range strings.Lines(log) {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
