@@ -111,6 +111,10 @@ func (e *Edge) connectLoop(ctx context.Context) {
 		c, err := e.handshake(ctx, sess, slot, true)
 		if err != nil {
 			e.pool.releaseSlot(slot)
+			if ctx.Err() != nil { // the edge is stopping: no failure to report
+				_ = sess.CloseWithError("edge stopping")
+				return
+			}
 			failures++
 			e.metrics.connectFailures.Inc()
 			if e.pool.size() == 0 {

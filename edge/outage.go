@@ -100,7 +100,9 @@ func (o *outage) remind() {
 
 // remindLoop writes the reminders until ctx ends; the connect loop owns it.
 func (o *outage) remindLoop(ctx context.Context) {
-	tick := max(o.every/4, 10*time.Millisecond) // the reminder is due `every` after the last line, not on a fixed grid
+	// The reminder is due `every` after the last line, not on a fixed grid: look
+	// often enough that it comes within a second of that.
+	tick := max(min(o.every/4, time.Second), 10*time.Millisecond)
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
