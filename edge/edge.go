@@ -53,12 +53,13 @@ type Config struct {
 	PubPort  int    // the port the master announces as publish_port
 	RetPort  int    // the master's ret_port
 	Tunnel   tunnel.Config
-	// Certs, when set, supplies the TLS of each new connection and makes Reload
-	// possible (reload.go).
-	Certs *certs.Store
 	Dial     tunnel.DialOptions
 	ZMTP     zmtp.Options
 	StateDir string // where the publication cursor survives restarts; "" = not kept
+
+	// Certs, when set, supplies the TLS of each new connection and makes Reload
+	// possible (reload.go).
+	Certs *certs.Store
 
 	MaxPending        int           // requests held unanswered; past it new ones are dropped (the minion retries)
 	MaxPendingBytes   int64         // bytes of the requests held; past it new ones are dropped too (a request alone always fits)

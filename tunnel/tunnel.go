@@ -74,11 +74,6 @@ type Stats struct {
 // Config tunes both transports. Defaults suit long fat links (DESIGN §4).
 type Config struct {
 	TLS                *tls.Config   // from certs; cloned, ALPN and TLS 1.3 enforced
-	// TLSFunc, when set, replaces TLS and is asked for each new connection an edge
-	// dials, so certificates reloaded at SIGHUP apply to the next handshake
-	// (certs.Store.ClientTLS). A listener asks it once: the core's reloadable
-	// configuration reads the current material in its own hooks.
-	TLSFunc func() *tls.Config
 	KeepAlivePeriod    time.Duration // default 10s, well under NAT timeouts
 	IdleTimeout        time.Duration // default 30s
 	HandshakeTimeout   time.Duration // default 5s
@@ -86,6 +81,12 @@ type Config struct {
 	ConnWindow         uint64        // default 64 MiB (300 ms × 100 Mbit/s ≈ 4 MB, with room)
 	MaxIncomingStreams int64         // default 10000: one stream per request in flight
 	Logger             *slog.Logger
+
+	// TLSFunc, when set, replaces TLS and is asked for each new connection an edge
+	// dials, so certificates reloaded at SIGHUP apply to the next handshake
+	// (certs.Store.ClientTLS). A listener asks it once: the core's reloadable
+	// configuration reads the current material in its own hooks.
+	TLSFunc func() *tls.Config
 }
 
 func (c Config) withDefaults() Config {
