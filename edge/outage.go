@@ -77,7 +77,7 @@ func (o *outage) failed(err error) {
 	o.mu.Unlock()
 	if first {
 		o.log.Warn("cannot reach the core", "core", o.core, "transport", o.mode, "why", explainDial(err, o.mode),
-			"err", err, "down_for", roundDuration(now.Sub(since)))
+			"err", oneLine(err), "down_for", roundDuration(now.Sub(since)))
 	}
 }
 
@@ -93,7 +93,7 @@ func (o *outage) remind() {
 	o.mu.Unlock()
 	if due {
 		d := roundDuration(now.Sub(since))
-		o.log.Warn(fmt.Sprintf("still cannot reach the core for %s: %v", d, err), "core", o.core, "down_for", d,
+		o.log.Warn(fmt.Sprintf("still cannot reach the core for %s: %s", d, oneLine(err)), "core", o.core, "down_for", d,
 			"why", explainDial(err, o.mode), "attempts", n)
 	}
 }
@@ -124,7 +124,7 @@ func (o *outage) up() {
 	o.mu.Unlock()
 	if !since.IsZero() && !reported.IsZero() {
 		o.log.Info("reached the core again", "core", o.core, "outage", roundDuration(now.Sub(since)),
-			"failed_attempts", n, "last_error", err)
+			"failed_attempts", n, "last_error", oneLine(err))
 	}
 }
 
@@ -134,9 +134,18 @@ func (o *outage) state() (since time.Time, lastErr string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.lastErr != nil {
-		lastErr = o.lastErr.Error()
+		lastErr = oneLine(o.lastErr)
 	}
 	return o.since, lastErr
+}
+
+// oneLine is err's text on one line: auto mode joins the errors of both
+// transports with a newline, which a log line or a status field should not carry.
+func oneLine(err error) string {
+	if err == nil {
+		return ""
+	}
+	return strings.ReplaceAll(err.Error(), "\n", "; ")
 }
 
 // roundDuration keeps log lines readable: "2m30s", not "2m30.004182s".
