@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/salt-broker/salt-broker/internal/ratelog"
 	"github.com/salt-broker/salt-broker/internal/saltmsg"
 	"github.com/salt-broker/salt-broker/internal/wire"
 	"github.com/salt-broker/salt-broker/internal/zmtp"
@@ -46,7 +47,7 @@ type edgeReq struct {
 // reqTable holds unanswered requests. A request leaves it exactly once: with its
 // reply delivered, refused by the core, or dropped by its class policy.
 type reqTable struct {
-	e *Edge
+	host tableHost
 
 	mu   sync.Mutex
 	byID map[uint64]*edgeReq
@@ -69,10 +70,25 @@ type reqTable struct {
 	draining bool             // the edge is stopping: nothing more is sent
 }
 
-func newReqTable(e *Edge) *reqTable {
+// tableHost is what the request table needs of the edge: its settings, its
+// counters and its log — nothing of the connections or the minion sockets. The
+// edge is the host; it is asked each time, not copied, as the table is made before
+// the metrics are.
+type tableHost interface {
+	tableConfig() *Config // read only
+	tableMetrics() *metrics
+	tableLog() (*slog.Logger, *ratelog.Limiter)
+}
+
+func (e *Edge) tableConfig() *Config                       { return &e.cfg }
+func (e *Edge) tableMetrics() *metrics                     { return e.metrics }
+func (e *Edge) tableLog() (*slog.Logger, *ratelog.Limiter) { return e.log, &e.warns }
+
+func newReqTable(h tableHost) *reqTable {
 	now := time.Now
-	return &reqTable{e: e, byID: make(map[uint64]*edgeReq), bySocket: make(map[string][]*edgeReq), kick: make(chan struct{}, 1),
-		now: now, chains: newChainIndex(now, chainLimits{window: e.cfg.RetryWindow, maxChain: e.cfg.MaxRetryChain, maxPending: e.cfg.MaxPending})}
+	cfg := h.tableConfig()
+	return &reqTable{host: h, byID: make(map[uint64]*edgeReq), bySocket: make(map[string][]*edgeReq), kick: make(chan struct{}, 1),
+		now: now, chains: newChainIndex(now, chainLimits{window: cfg.RetryWindow, maxChain: cfg.MaxRetryChain, maxPending: cfg.MaxPending})}
 }
 
 type logLine struct {
@@ -83,7 +99,7 @@ type logLine struct {
 
 // logLocked queues a log line until mu is released; the caller holds mu.
 func (t *reqTable) logLocked(level slog.Level, msg string, args ...any) {
-	if t.e.log.Enabled(context.Background(), level) {
+	if log, _ := t.host.tableLog(); log.Enabled(context.Background(), level) {
 		t.logs = append(t.logs, logLine{level, msg, args})
 	}
 }
@@ -95,12 +111,16 @@ func (t *reqTable) unlock() {
 	lines := t.logs
 	t.logs = nil
 	t.mu.Unlock()
+	if len(lines) == 0 {
+		return
+	}
+	log, warns := t.host.tableLog()
 	for _, l := range lines {
 		if l.level >= slog.LevelWarn {
-			t.e.warns.Log(t.e.log, l.level, "", l.msg, l.args...)
+			warns.Log(log, l.level, "", l.msg, l.args...)
 			continue
 		}
-		t.e.log.Log(context.Background(), l.level, l.msg, l.args...)
+		log.Log(context.Background(), l.level, l.msg, l.args...)
 	}
 }
 
@@ -157,9 +177,9 @@ func (t *reqTable) add(r *edgeReq) string {
 	if prev == nil {
 		refused := accepted
 		switch {
-		case len(t.byID) >= t.e.cfg.MaxPending:
+		case len(t.byID) >= t.host.tableConfig().MaxPending:
 			refused = tableFull
-		case t.bytes > 0 && t.bytes+r.size > t.e.cfg.MaxPendingBytes:
+		case t.bytes > 0 && t.bytes+r.size > t.host.tableConfig().MaxPendingBytes:
 			refused = tableBytes
 		}
 		if refused != accepted {
@@ -200,12 +220,12 @@ func sendableLocked(r *edgeReq) bool {
 func (t *reqTable) dropByClassLocked(r *edgeReq, now time.Time) bool {
 	age := now.Sub(r.created)
 	switch {
-	case r.env.Class == saltmsg.ClassAuth && (r.peerGone || age > t.e.cfg.maxAge(r.env.Class)):
+	case r.env.Class == saltmsg.ClassAuth && (r.peerGone || age > t.host.tableConfig().maxAge(r.env.Class)):
 		t.removeLocked(r)
-		t.e.metrics.dropped.WithLabelValues("stale_auth").Inc()
-	case age > t.e.cfg.maxAge(r.env.Class):
+		t.host.tableMetrics().dropped.WithLabelValues("stale_auth").Inc()
+	case age > t.host.tableConfig().maxAge(r.env.Class):
 		t.removeLocked(r)
-		t.e.metrics.dropped.WithLabelValues("expired").Inc()
+		t.host.tableMetrics().dropped.WithLabelValues("expired").Inc()
 		t.logLocked(slog.LevelWarn, "request dropped unsent: older than --request-max-age", "minion", r.env.ID, "class", r.env.Class, "age", age.Round(time.Second))
 	default:
 		return false

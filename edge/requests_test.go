@@ -25,7 +25,7 @@ func auth(identity, minion string) *edgeReq {
 
 func dropped(tb *reqTable, cause string) float64 {
 	var m dto.Metric
-	if err := tb.e.metrics.dropped.WithLabelValues(cause).Write(&m); err != nil {
+	if err := hostOf(tb).metrics.dropped.WithLabelValues(cause).Write(&m); err != nil {
 		panic(err)
 	}
 	return m.GetCounter().GetValue()
@@ -34,7 +34,7 @@ func dropped(tb *reqTable, cause string) float64 {
 // A full table refuses, it never grows (docs/guarantees.md, Requests).
 func TestFullTableRefuses(t *testing.T) {
 	tb := testTable(t)
-	tb.e.cfg.MaxPending = 2
+	hostOf(tb).cfg.MaxPending = 2
 	if tb.add(ret("s1", "m1", 500)) != accepted || tb.add(ret("s2", "m2", 500)) != accepted {
 		t.Fatal("the table refused below its bound")
 	}
@@ -62,8 +62,8 @@ func TestFullTableRefuses(t *testing.T) {
 // dropped unsent and counted; an auth request already on its way is kept.
 func TestClassPolicyDropsWhatNobodyWaitsFor(t *testing.T) {
 	tb := testTable(t)
-	tb.e.cfg.AuthMaxAge = 30 * time.Second
-	tb.e.cfg.RequestMaxAge = 15 * time.Minute
+	hostOf(tb).cfg.AuthMaxAge = 30 * time.Second
+	hostOf(tb).cfg.RequestMaxAge = 15 * time.Minute
 	now := time.Now()
 
 	gone := auth("a1", "m1")
@@ -107,7 +107,7 @@ func TestClassPolicyDropsWhatNobodyWaitsFor(t *testing.T) {
 // minion's next try a second time.
 func TestRetryJoinsItsChainInAFullTable(t *testing.T) {
 	tb := testTable(t)
-	tb.e.cfg.MaxPending = 1
+	hostOf(tb).cfg.MaxPending = 1
 	a := ret("s1", "m1", 500)
 	tb.add(a)
 	tb.takeWaiting(time.Now())
@@ -213,7 +213,7 @@ func (h *lockCheck) logged(substr string) int {
 
 func checkLogs(t *testing.T, tb *reqTable) *lockCheck {
 	h := &lockCheck{tb: tb}
-	tb.e.log = slog.New(h)
+	hostOf(tb).log = slog.New(h)
 	t.Cleanup(func() {
 		if len(h.held) > 0 {
 			t.Errorf("logged while holding reqTable.mu: %q", h.held)
@@ -309,9 +309,9 @@ func retBody(identity, minion string, n int) *edgeReq {
 func TestByteBoundRefusesAndReleases(t *testing.T) {
 	tb := testTable(t)
 	logs := checkLogs(t, tb)
-	tb.e.cfg.MaxPendingBytes = 3000
+	hostOf(tb).cfg.MaxPendingBytes = 3000
 	accept := func(identity string, n int) {
-		tb.e.accept(zmtp.Message{Identity: []byte(identity), Frames: [][]byte{{}, make([]byte, n)}})
+		hostOf(tb).accept(zmtp.Message{Identity: []byte(identity), Frames: [][]byte{{}, make([]byte, n)}})
 	}
 	accept("s1", 1000)
 	accept("s2", 1000)

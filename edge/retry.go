@@ -1,8 +1,6 @@
 package edge
 
 import (
-	"context"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -28,7 +26,7 @@ import (
 func (t *reqTable) earlierTryLocked(r *edgeReq) *try {
 	m := t.chains.earlierTry(r.try)
 	if m.after != notAfterReply {
-		t.e.metrics.retriesAfterReply.WithLabelValues(string(m.after)).Inc()
+		t.host.tableMetrics().retriesAfterReply.WithLabelValues(string(m.after)).Inc()
 	}
 	if m.after == passedAfterReply {
 		t.logLocked(slog.LevelDebug, "minion request may retry a return answered just before; passed on, the master may see it twice",
@@ -53,7 +51,7 @@ func (t *reqTable) orphanLocked(r *edgeReq) {
 // its try (not its request) for the chain's next try, which is dropped in turn.
 func (t *reqTable) settleLocked(r *edgeReq, now time.Time) {
 	t.removeLocked(r)
-	t.e.metrics.dropped.WithLabelValues("retry_at_master").Inc()
+	t.host.tableMetrics().dropped.WithLabelValues("retry_at_master").Inc()
 	r.body = nil // never sent again
 	t.chains.settle(r.try, now)
 }
@@ -63,7 +61,7 @@ func (t *reqTable) settleLocked(r *edgeReq, now time.Time) {
 // waits (replaces set) for the core to withdraw it.
 func (t *reqTable) linkLocked(prev *try, r *edgeReq) {
 	masterHasIt := t.chains.link(prev, r.try)
-	t.e.metrics.retries.Inc()
+	t.host.tableMetrics().retries.Inc()
 	t.logLocked(slog.LevelDebug, "minion retry recognised", "minion", r.env.ID, "id", r.id, "earlier_id", prev.id, "try", r.try.chain+1,
 		"earlier_sent", prev.sent, "master_has_it", masterHasIt)
 	if masterHasIt {
@@ -78,7 +76,7 @@ func (t *reqTable) linkLocked(prev *try, r *edgeReq) {
 		r.replaces = p.replaces
 		p.successor = r
 		t.removeLocked(p)
-		t.e.metrics.dropped.WithLabelValues("retry_replaced").Inc()
+		t.host.tableMetrics().dropped.WithLabelValues("retry_replaced").Inc()
 		for i, c := range t.cancels {
 			if c == p {
 				t.cancels[i] = r
@@ -88,7 +86,7 @@ func (t *reqTable) linkLocked(prev *try, r *edgeReq) {
 	}
 	if !p.everSent && p.state == reqWaiting {
 		t.removeLocked(p)
-		t.e.metrics.dropped.WithLabelValues("retry_replaced").Inc()
+		t.host.tableMetrics().dropped.WithLabelValues("retry_replaced").Inc()
 		return
 	}
 	p.cancelling = true
@@ -113,7 +111,7 @@ func (t *reqTable) resolveRetry(r *edgeReq, result byte) {
 	prev := r.replaces
 	if t.byID[prev.id] == prev {
 		t.removeLocked(prev)
-		t.e.metrics.dropped.WithLabelValues("retry_replaced").Inc()
+		t.host.tableMetrics().dropped.WithLabelValues("retry_replaced").Inc()
 	}
 	r.replaces = nil
 	if result == wire.CancelDone {
@@ -131,44 +129,12 @@ func (t *reqTable) retryCancelLater(r *edgeReq) {
 	t.unlock()
 }
 
-// goCancel asks the core to withdraw r's earlier try, then resolves the chain.
-func (c *conn) goCancel(r *edgeReq) {
-	started := c.goWork(func() {
-		res, err := c.withdraw(r.replaces.id)
-		if err != nil {
-			c.log.Debug("cancel failed; asking again on the next connection", "err", err)
-			c.e.reqs.retryCancelLater(r)
-			return
-		}
-		c.log.Debug("minion retry resolved", "minion", r.env.ID, "earlier_id", r.replaces.id, "result", res)
-		c.e.reqs.resolveRetry(r, res)
-	})
-	if !started {
-		c.e.reqs.retryCancelLater(r)
-	}
+// withdrawer is the connection side of a chain's wait (withdraw.go): it asks the
+// core to withdraw r.replaces, and reports the core's answer with resolveRetry, or
+// its failure with retryCancelLater. It never blocks its caller, the dispatcher;
+// the table itself does no tunnel I/O.
+type withdrawer interface {
+	goCancel(r *edgeReq)
 }
 
-func (c *conn) withdraw(id uint64) (byte, error) {
-	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
-	defer cancel()
-	st, err := c.sess.OpenStream(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("open cancel stream: %w", err)
-	}
-	defer st.Close()
-	stop := context.AfterFunc(ctx, func() { _ = st.Close() })
-	defer stop()
-	_ = st.SetDeadline(time.Now().Add(30 * time.Second))
-	if err := wire.Write(st, wire.TCancel, wire.U64Body(id)); err != nil {
-		return 0, fmt.Errorf("send cancel: %w", err)
-	}
-	body, err := wire.NewReader(st, 1<<10).Expect(wire.TCancelReply)
-	if err != nil {
-		return 0, fmt.Errorf("read cancel answer: %w", err)
-	}
-	rep, err := wire.DecodeCancelReply(body)
-	if err != nil || rep.ID != id {
-		return 0, fmt.Errorf("bad cancel answer for %d: %w", id, wire.ErrMalformed)
-	}
-	return rep.Result, nil
-}
+var _ withdrawer = (*conn)(nil)

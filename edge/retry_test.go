@@ -25,6 +25,9 @@ func testTable(t *testing.T) *reqTable {
 	return e.reqs
 }
 
+// hostOf is the edge testTable made tb for: its settings, counters and log.
+func hostOf(tb *reqTable) *Edge { return tb.host.(*Edge) }
+
 // ret is a minion's return as the edge sees it: same shape on every try.
 func ret(identity string, minion string, loadLen int) *edgeReq {
 	return &edgeReq{identity: []byte(identity), created: time.Now(),
@@ -360,7 +363,7 @@ func TestTryRacingItsReplyIsDropped(t *testing.T) {
 			if dropped := len(got) == 0 && tb.size() == 0; dropped != c.dropped {
 				t.Errorf("dropped %v, want %v (sent %v, table %d)", dropped, c.dropped, ids(got), tb.size())
 			}
-			if n := testutil.ToFloat64(tb.e.metrics.retriesAfterReply.WithLabelValues("passed")); n != c.passed {
+			if n := testutil.ToFloat64(hostOf(tb).metrics.retriesAfterReply.WithLabelValues("passed")); n != c.passed {
 				t.Errorf("passed-on possible retries counted %v, want %v", n, c.passed)
 			}
 		})

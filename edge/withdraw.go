@@ -1,0 +1,51 @@
+package edge
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/salt-broker/salt-broker/internal/wire"
+)
+
+// goCancel asks the core to withdraw r's earlier try, then resolves the chain.
+func (c *conn) goCancel(r *edgeReq) {
+	started := c.goWork(func() {
+		res, err := c.withdraw(r.replaces.id)
+		if err != nil {
+			c.log.Debug("cancel failed; asking again on the next connection", "err", err)
+			c.e.reqs.retryCancelLater(r)
+			return
+		}
+		c.log.Debug("minion retry resolved", "minion", r.env.ID, "earlier_id", r.replaces.id, "result", res)
+		c.e.reqs.resolveRetry(r, res)
+	})
+	if !started {
+		c.e.reqs.retryCancelLater(r)
+	}
+}
+
+func (c *conn) withdraw(id uint64) (byte, error) {
+	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+	defer cancel()
+	st, err := c.sess.OpenStream(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("open cancel stream: %w", err)
+	}
+	defer st.Close()
+	stop := context.AfterFunc(ctx, func() { _ = st.Close() })
+	defer stop()
+	_ = st.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := wire.Write(st, wire.TCancel, wire.U64Body(id)); err != nil {
+		return 0, fmt.Errorf("send cancel: %w", err)
+	}
+	body, err := wire.NewReader(st, 1<<10).Expect(wire.TCancelReply)
+	if err != nil {
+		return 0, fmt.Errorf("read cancel answer: %w", err)
+	}
+	rep, err := wire.DecodeCancelReply(body)
+	if err != nil || rep.ID != id {
+		return 0, fmt.Errorf("bad cancel answer for %d: %w", id, wire.ErrMalformed)
+	}
+	return rep.Result, nil
+}
