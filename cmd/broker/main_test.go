@@ -322,7 +322,7 @@ func TestStatusFailsOnHTTPErrors(t *testing.T) {
 			http.NotFound(w, r)
 			return
 		}
-		fmt.Fprintln(w, `{"name":"edge1"}`)
+		fmt.Fprintln(w, `{"role":"edge","connected":true}`)
 	}))
 	defer ok.Close()
 	down := net.JoinHostPort("127.0.0.1", freePort(t))
@@ -334,8 +334,8 @@ func TestStatusFailsOnHTTPErrors(t *testing.T) {
 	r = broker(t, nil, "status", "--admin", down)
 	checkOneLine(t, r, exitFailure, down)
 
-	r = broker(t, nil, "status", "--admin", host(ok))
-	if r.code != 0 || r.stdout != "{\"name\":\"edge1\"}\n" {
+	r = broker(t, nil, "status", "--json", "--admin", host(ok))
+	if r.code != 0 || r.stdout != "{\"role\":\"edge\",\"connected\":true}\n" {
 		t.Fatalf("status of a healthy endpoint: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 }
