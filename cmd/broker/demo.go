@@ -5,7 +5,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/salt-broker/salt-broker/internal/demo"
+	"github.com/salt-broker/salt-broker/cmd/broker/demo"
 )
 
 func demoCommand() *cli.Command {
