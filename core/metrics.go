@@ -75,6 +75,11 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ring_messages", Help: "Publications held in the replay ring."}, func() float64 { return float64(c.ring.Stats().Count) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ring_bytes", Help: "Payload bytes held in the replay ring."}, func() float64 { return float64(c.ring.Stats().Bytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ring_oldest_age_seconds", Help: "Age of the oldest publication in the replay ring: how long an outage it can still replay."}, func() float64 { return c.ring.Stats().OldestAge.Seconds() }),
+		// The bounds themselves, so an alert can say "near its bound" without
+		// repeating the flags: ring_messages / ring_limit_messages.
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ring_limit_messages", Help: "The replay ring's bound in publications (--ring-count)."}, func() float64 { return float64(c.cfg.Ring.Count) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ring_limit_bytes", Help: "The replay ring's bound in payload bytes (--ring-bytes)."}, func() float64 { return float64(c.cfg.Ring.Bytes) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "ring_limit_age_seconds", Help: "The replay ring's bound in age (--ring-age): the longest outage it replays when count and bytes allow."}, func() float64 { return c.cfg.Ring.Age.Seconds() }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "ring_evicted_total", Help: "Publications evicted from the replay ring by its count, byte or age bound."}, func() float64 { return float64(c.ring.Stats().Evicted) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_at_master", Help: "Requests sent to the master and not yet answered."}, func() float64 { _, _, n, _ := c.table.snapshot(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "dedup_entries", Help: "Requests remembered by the dedup table."}, func() float64 { _, n, _, _ := c.table.snapshot(); return float64(n) }),
