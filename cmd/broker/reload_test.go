@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/salt-broker/salt-broker/certs"
 )
 
 type lockedBuffer struct {
@@ -143,5 +145,50 @@ func TestCertsShowRenewDays(t *testing.T) {
 	}
 	if r = broker(t, nil, "certs", "show"); r.code != 2 {
 		t.Errorf("show without a file: exit %d, want 2\n%s", r.code, r.stderr)
+	}
+}
+
+// withCertificates: a SIGHUP during run reloads, and its helpers end when run ends
+// by itself.
+func TestWithCertificates(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	dir := t.TempDir()
+	if err := certs.InitCA(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := certs.Issue(dir, "e", certs.RoleEdge, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := certs.NewStore(certs.RoleEdge, certs.Source{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, "e.crt"), Key: filepath.Join(dir, "e.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reloaded := make(chan struct{}, 1)
+	reload := func() error {
+		_, err := st.Reload(st.Source())
+		select {
+		case reloaded <- struct{}{}:
+		default:
+		}
+		return err
+	}
+	run := withCertificates(st, slog.New(slog.DiscardHandler), reload, func(ctx context.Context) error {
+		// SIGHUP is caught by now: send it until the reload answers (bounded).
+		deadline := time.After(10 * time.Second)
+		for {
+			if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+				return err
+			}
+			select {
+			case <-reloaded:
+				return errors.New("stopped by itself")
+			case <-time.After(50 * time.Millisecond):
+			case <-deadline:
+				return errors.New("SIGHUP never reached the reload")
+			}
+		}
+	})
+	if err := run(context.Background()); err == nil || err.Error() != "stopped by itself" {
+		t.Fatal(err)
 	}
 }
