@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/salt-broker/salt-broker/internal/logfmt"
 )
 
 func main() {
@@ -76,7 +78,9 @@ func newLogger(level, format string) (*slog.Logger, error) {
 	case "text":
 		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+		// Addresses, durations and 64-bit IDs as strings: one type per field for jq
+		// and log shippers (internal/logfmt).
+		return slog.New(slog.NewJSONHandler(os.Stderr, logfmt.JSONOptions(lv))), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
