@@ -62,8 +62,9 @@ func (c *Core) admitAfterReload(e *edgeConn) bool {
 	if len(peers) > 0 {
 		fp = certs.Fingerprint(peers[0])
 	}
+	// The connection's logger names the edge (edge=, its certificate name) and remote=.
 	e.logger().Warn("edge disconnected: its certificate is refused since the certificates were reloaded",
-		"edge", e.sess.PeerName(), "remote", e.sess.RemoteAddr(), "fingerprint", fp, "reason", err)
+		"fingerprint", fp, "reason", err)
 	reason := "certificate refused since the core reloaded its certificates: " + err.Error()
 	if len(reason) > 300 { // a QUIC close reason travels in one packet
 		reason = reason[:300]
