@@ -48,6 +48,7 @@ type coreSettings struct {
 	Cert      string   `yaml:"cert" cat:"TLS" required:"" cred:"" usage:"this side's certificate (from 'broker certs issue')"`
 	Key       string   `yaml:"key" cat:"TLS" required:"" cred:"" usage:"this side's private key"`
 	AllowEdge nameList `yaml:"allow-edge" cat:"TLS" usage:"accept only edges with these certificate names (default: any edge the CA signed)"`
+	DenyEdge  nameList `yaml:"deny-edge" cat:"TLS" usage:"refuse these edge certificates: SHA-256 fingerprints (as 'broker certs show' prints), or files of them, one a line; files are read again at SIGHUP"`
 
 	RingCount         int           `yaml:"ring-count" cat:"Limits" usage:"replay ring: publications kept for edges that reconnect"`
 	RingBytes         int64         `yaml:"ring-bytes" cat:"Limits" usage:"replay ring: payload bytes kept"`
@@ -178,7 +179,17 @@ Example:
 				return l.explain(err)
 			}
 			s := l.settings.Interface().(coreSettings)
-			return runWithAdmin(c.Context, s.Admin, cfg.Registry.(*prometheus.Registry), k.Ready, func() any { return k.Status() }, k.Run, nil)
+			reload := func() error {
+				src := k.Certs().Source() // the files as started, if the settings no longer load
+				if l2, err := load(c, coreRole()); err != nil {
+					slog.Error("reload: the settings do not load; reading the certificate files named at start", "err", err)
+				} else {
+					src = coreSource(l2.settings.Interface().(coreSettings))
+				}
+				return k.Reload(src)
+			}
+			return runWithAdmin(c.Context, s.Admin, cfg.Registry.(*prometheus.Registry), k.Ready, func() any { return k.Status() },
+				withCertificates(k.Certs(), slog.Default(), reload, k.Run), nil)
 		},
 	}
 }
@@ -217,11 +228,14 @@ func coreConfig(l *loaded) (core.Config, error) {
 	if err := validated(cfg); err != nil {
 		return core.Config{}, l.explain(err)
 	}
-	tlsCfg, err := certs.LoadServer(s.CA, s.Cert, s.Key, s.AllowEdge)
+	st, err := certs.NewStore(certs.RoleCore, coreSource(s))
 	if err != nil {
 		return core.Config{}, err
 	}
-	cfg.Tunnel.TLS = tlsCfg
+	cfg.Certs = st
+	if err := certs.RegisterExpiry(cfg.Registry, st); err != nil {
+		return core.Config{}, err
+	}
 	return cfg, nil
 }
 
@@ -267,9 +281,20 @@ Example:
 				return l.explain(err)
 			}
 			s := l.settings.Interface().(edgeSettings)
-			return runWithAdmin(c.Context, s.Admin, cfg.Registry.(*prometheus.Registry), e.Ready, func() any { return e.Status() }, e.Run, func(s *admin.Server) {
-				s.HandleDebug("close-connection", admin.CloseConnection(e.CloseConnection, slog.Default()))
-			})
+			reload := func() error {
+				src := e.Certs().Source()
+				if l2, err := load(c, edgeRole()); err != nil {
+					slog.Error("reload: the settings do not load; reading the certificate files named at start", "err", err)
+				} else {
+					s2 := l2.settings.Interface().(edgeSettings)
+					src = certs.Source{CA: s2.CA, Cert: s2.Cert, Key: s2.Key}
+				}
+				return e.Reload(src)
+			}
+			return runWithAdmin(c.Context, s.Admin, cfg.Registry.(*prometheus.Registry), e.Ready, func() any { return e.Status() },
+				withCertificates(e.Certs(), slog.Default(), reload, e.Run), func(s *admin.Server) {
+					s.HandleDebug("close-connection", admin.CloseConnection(e.CloseConnection, slog.Default()))
+				})
 		},
 	}
 }
@@ -329,11 +354,14 @@ func edgeConfig(l *loaded) (edge.Config, error) {
 	if err := validated(cfg); err != nil { // see coreConfig
 		return edge.Config{}, l.explain(err)
 	}
-	tlsCfg, err := certs.LoadClient(s.CA, s.Cert, s.Key)
+	st, err := certs.NewStore(certs.RoleEdge, certs.Source{CA: s.CA, Cert: s.Cert, Key: s.Key})
 	if err != nil {
 		return edge.Config{}, err
 	}
-	cfg.Tunnel.TLS = tlsCfg
+	cfg.Certs = st
+	if err := certs.RegisterExpiry(cfg.Registry, st); err != nil {
+		return edge.Config{}, err
+	}
 	return cfg, nil
 }
 
@@ -397,4 +425,9 @@ func nameOr(n string) string {
 	}
 	h, _ := os.Hostname()
 	return h
+}
+
+// coreSource is what the core's certificate store loads, at start and at SIGHUP.
+func coreSource(s coreSettings) certs.Source {
+	return certs.Source{CA: s.CA, Cert: s.Cert, Key: s.Key, AllowEdges: s.AllowEdge, DenyEdges: s.DenyEdge}
 }
