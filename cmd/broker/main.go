@@ -58,7 +58,9 @@ Start with 'broker demo', then see README.md for a real deployment.`,
 		},
 		Action: noSuchCommand,
 		// A new command is one more entry here.
-		Commands: []*cli.Command{coreCommand(), edgeCommand(), configCommand(), certsCommand(), statusCommand(), demoCommand()},
+		Commands: []*cli.Command{coreCommand(), edgeCommand(), configCommand(), certsCommand(), statusCommand(), versionCommand(),
+			completionCommand(), demoCommand()},
+		EnableBashCompletion: true,
 		// main prints the error and picks the exit code; urfave/cli would exit
 		// itself on an ExitCoder.
 		ExitErrHandler: func(*cli.Context, error) {},
