@@ -46,6 +46,7 @@ const (
 type try struct {
 	id      uint64
 	socket  string // the minion socket's routing id
+	first   bool   // the first request of its socket (zmtp.Message.First)
 	key     chainKey
 	created time.Time
 
@@ -103,23 +104,23 @@ type chainIndex struct {
 	lastOfShape map[chainKey]*try   // each minion's newest try of each shape
 	settled     map[uint64]*try     // trySettled tries, by request ID
 	answered    []*try              // tries answered in the last window, oldest first
-	sockets     map[string]struct{} // minion sockets that have sent a request and are open
 	upSince     time.Time           // when the current connection to the core came up
 }
 
 func newChainIndex(now func() time.Time, l chainLimits) *chainIndex {
 	return &chainIndex{now: now, limits: l,
 		orphans: make(map[chainKey][]*try), recent: make(map[chainKey][]*try), lastOfShape: make(map[chainKey]*try),
-		settled: make(map[uint64]*try), sockets: make(map[string]struct{})}
+		settled: make(map[uint64]*try)}
 }
 
-// newTry is r's record, or nil if r is never chained.
-func newTry(id uint64, socket []byte, env saltmsg.Envelope, created time.Time) *try {
+// newTry is the record of a request, or nil if it is never chained; first says
+// whether it is its socket's first request.
+func newTry(id uint64, socket []byte, first bool, env saltmsg.Envelope, created time.Time) *try {
 	k, ok := shapeOf(env)
 	if !ok {
 		return nil
 	}
-	return &try{id: id, socket: string(socket), key: k, created: created}
+	return &try{id: id, socket: string(socket), first: first, key: k, created: created}
 }
 
 // earlierTry finds the try r retries, if it is one (an orphan found is taken off
@@ -145,8 +146,8 @@ func (c *chainIndex) earlierTry(r *try) match {
 	if o := c.takeOrphan(r); o != nil {
 		return match{earlier: o} // rule 1
 	}
-	if _, seen := c.sockets[r.socket]; seen {
-		return match{} // not the first request of its socket
+	if !r.first {
+		return match{} // its socket has sent before: the router says (zmtp.Message.First)
 	}
 	o := c.lastOfShape[r.key]
 	if o == nil || o.socket == r.socket || !c.roomAfter(o) || r.created.Sub(o.created) < minRetryAge {
@@ -275,13 +276,12 @@ func (c *chainIndex) link(prev, r *try) (masterHasIt bool) {
 	return false
 }
 
-// note indexes r for the retries that may follow it: its socket has now sent a
-// request, and r is its minion's newest request of its shape.
+// note indexes r for the retries that may follow it: r is its minion's newest
+// request of its shape.
 func (c *chainIndex) note(r *try) {
 	if r == nil || c.limits.window <= 0 {
 		return
 	}
-	c.sockets[r.socket] = struct{}{}
 	c.lastOfShape[r.key] = r
 	if len(c.lastOfShape) > c.limits.maxPending+64 {
 		for k, n := range c.lastOfShape {
@@ -389,8 +389,8 @@ func (c *chainIndex) forgetAnswers(now time.Time) {
 
 // socketGone: a minion socket closed. Its settled tries are orphaned now, each
 // linked (by link, at once: a link changes what the next one finds) to its next try
-// if that is here already, and the socket is no longer open. The caller orphans the
-// socket's pending tries itself, after its class policy.
+// if that is here already. The caller orphans the socket's pending tries itself,
+// after its class policy. Which sockets are open the router alone keeps.
 func (c *chainIndex) socketGone(socket string, link func(earlier, retry *try)) {
 	for _, r := range c.settled {
 		if r.socket == socket {
@@ -400,7 +400,6 @@ func (c *chainIndex) socketGone(socket string, link func(earlier, retry *try)) {
 			}
 		}
 	}
-	delete(c.sockets, socket)
 }
 
 // connected: a connection to the core came up at now.

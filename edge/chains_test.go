@@ -17,11 +17,12 @@ type chainRig struct {
 	clk    *testClock
 	c      *chainIndex
 	nextID uint64
+	seen   map[string]bool // sockets that have sent: the router's part
 }
 
 func newChainRig(t *testing.T) *chainRig {
 	clk := &testClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	return &chainRig{t: t, clk: clk, c: newChainIndex(clk.now, chainLimits{window: time.Second, maxChain: 3, maxPending: 100})}
+	return &chainRig{t: t, clk: clk, seen: map[string]bool{}, c: newChainIndex(clk.now, chainLimits{window: time.Second, maxChain: 3, maxPending: 100})}
 }
 
 // arrive is minion's request of loadLen bytes on socket, now: what it retries, if
@@ -29,7 +30,9 @@ func newChainRig(t *testing.T) *chainRig {
 func (g *chainRig) arrive(socket, minion string, loadLen int) (*try, match) {
 	g.t.Helper()
 	g.nextID++
-	r := newTry(g.nextID, []byte(socket), saltmsg.Envelope{Class: saltmsg.ClassAES, Enc: "aes", ID: minion, LoadLen: loadLen}, g.clk.now())
+	first := !g.seen[socket]
+	g.seen[socket] = true
+	r := newTry(g.nextID, []byte(socket), first, saltmsg.Envelope{Class: saltmsg.ClassAES, Enc: "aes", ID: minion, LoadLen: loadLen}, g.clk.now())
 	if r == nil {
 		g.t.Fatal("a return was not chainable")
 	}
@@ -140,6 +143,14 @@ func TestChainRuleNewSocketWithoutAClose(t *testing.T) {
 	d, m := g.arrive("s2", "m1", 500)
 	g.wantEarlier(m, nil, "a socket that has sent before")
 
+	// A socket that sent a request of another shape first is no new socket.
+	g2 := newChainRig(t)
+	g2.arrive("s1", "m1", 500)
+	g2.clk.advance(7 * time.Second)
+	g2.arrive("s2", "m1", 300)
+	_, m = g2.arrive("s2", "m1", 500)
+	g2.wantEarlier(m, nil, "the second request of a socket")
+
 	// Its socket seen closing, the earlier try is rule 1's, within the window only.
 	g.close(d)
 	g.clk.advance(7 * time.Second)
@@ -243,7 +254,7 @@ func TestChainRecognitionOff(t *testing.T) {
 		{Class: saltmsg.ClassAES, Enc: "aes", LoadLen: 500},
 		{Class: saltmsg.ClassAES, Enc: "aes", ID: "m1"},
 	} {
-		if r := newTry(1, []byte("s"), env, time.Time{}); r != nil {
+		if r := newTry(1, []byte("s"), true, env, time.Time{}); r != nil {
 			t.Errorf("%+v is chained", env)
 		}
 	}
@@ -281,7 +292,7 @@ func TestSettledTryIsKeptForItsChain(t *testing.T) {
 	// Past 1024 settled tries, those older than settledKeep are let go.
 	g.c.limits.maxPending = 20_000
 	for i := range 1025 {
-		r := newTry(uint64(1000+i), fmt.Appendf(nil, "x%d", i), saltmsg.Envelope{Class: saltmsg.ClassAES, Enc: "aes", ID: "m", LoadLen: i + 1}, g.clk.now())
+		r := newTry(uint64(1000+i), fmt.Appendf(nil, "x%d", i), true, saltmsg.Envelope{Class: saltmsg.ClassAES, Enc: "aes", ID: "m", LoadLen: i + 1}, g.clk.now())
 		g.c.settle(r, g.clk.now())
 		if i == 0 {
 			g.clk.advance(settledKeep + time.Second)

@@ -26,6 +26,7 @@ const (
 type edgeReq struct {
 	id       uint64
 	identity []byte   // the minion socket's routing id
+	first    bool     // the first request of its socket (zmtp.Message.First)
 	envelope [][]byte // frames up to the empty delimiter, echoed on the reply
 	body     [][]byte // what the master gets; nil once nothing will send it (removeLocked, finish, settleLocked)
 	env      saltmsg.Envelope
@@ -171,7 +172,7 @@ func reqSize(r *edgeReq) int64 {
 // would let the earlier try and the minion's next one both reach the master.
 func (t *reqTable) add(r *edgeReq) string {
 	r.size = reqSize(r)
-	r.try = newTry(0, r.identity, r.env, r.created)
+	r.try = newTry(0, r.identity, r.first, r.env, r.created)
 	t.mu.Lock()
 	prev := t.earlierTryLocked(r)
 	if prev == nil {
@@ -421,6 +422,7 @@ func (e *Edge) accept(msg zmtp.Message) {
 	}
 	r := &edgeReq{
 		identity: msg.Identity,
+		first:    msg.First,
 		envelope: msg.Frames[:split],
 		body:     msg.Frames[split:],
 		created:  e.reqs.now(),

@@ -30,7 +30,7 @@ func hostOf(tb *reqTable) *Edge { return tb.host.(*Edge) }
 
 // ret is a minion's return as the edge sees it: same shape on every try.
 func ret(identity string, minion string, loadLen int) *edgeReq {
-	return &edgeReq{identity: []byte(identity), created: time.Now(),
+	return &edgeReq{identity: []byte(identity), first: true, created: time.Now(),
 		env: saltmsg.Envelope{Class: saltmsg.ClassAES, Enc: "aes", ID: minion, LoadLen: loadLen}}
 }
 
@@ -272,6 +272,7 @@ func TestSameShapeSoonAfterOrOnAnOldSocketIsNotARetry(t *testing.T) {
 	tb.add(old)
 	tb.takeWaiting(time.Now())
 	d := ret("s3", "m1", 500) // s3 has sent before
+	d.first = false
 	d.created = time.Now().Add(10 * time.Second)
 	tb.add(d)
 	if got := tb.takeWaiting(time.Now()); len(got) != 1 || got[0] != d || b.try.chain != 0 || d.try.chain != 0 {
@@ -315,6 +316,7 @@ func TestNextReturnOnTheSameSocketGoesAtOnce(t *testing.T) {
 	tb.takeWaiting(time.Now())
 	tb.finish(a, true)
 	b := ret("s1", "m1", 500)
+	b.first = false
 	tb.add(b)
 	if got := tb.takeWaiting(time.Now()); len(got) != 1 || got[0] != b {
 		t.Fatalf("want the next return sent at once, got %v", ids(got))

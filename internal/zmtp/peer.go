@@ -48,6 +48,7 @@ type peer struct {
 	all   int            // PUB: count of "" subscriptions
 
 	lastRecv atomic.Int64
+	received uint64 // ROUTER: data messages read so far; only the reader (serve) touches it
 }
 
 func (p *peer) shutdown() {

@@ -382,3 +382,33 @@ func TestSubscriptionLimits(t *testing.T) {
 		t.Errorf("subscriptions drops = %d, want 2", n)
 	}
 }
+
+// Message.First marks the first data message of each connection only: the edge's
+// retry rules read "a new socket's first request" from the router, which owns the
+// connections, instead of keeping a set of sockets of their own. A PING before it
+// does not count.
+func TestRouterMarksEachConnectionsFirstMessage(t *testing.T) {
+	ctx := ctxFor(t, 20*time.Second)
+	r, err := ListenRouter("127.0.0.1:0", Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for _, name := range []string{"one", "two"} {
+		p := dialRaw(t, r.Addr())
+		p.handshake(t, "DEALER")
+		p.sendCommand(t, "PING", []byte{0, 10})
+		for i := range 3 {
+			if err := p.send([]byte(name)); err != nil {
+				t.Fatal(err)
+			}
+			m, err := r.Recv(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := i == 0; m.First != want || string(m.Frames[0]) != name {
+				t.Errorf("connection %s, message %d (%q): First %v, want %v", name, i, m.Frames[0], m.First, want)
+			}
+		}
+	}
+}

@@ -25,6 +25,10 @@ type Message struct {
 	Identity []byte
 	Frames   [][]byte
 	Remote   string
+	// First: the first message of its connection. The router owns the set of open
+	// connections; a caller that needs "a new socket's first request" (the edge's
+	// retry rules) reads it here rather than keeping a copy of that set.
+	First bool
 }
 
 // Router is a ROUTER socket server.
@@ -56,8 +60,10 @@ func NewRouter(ln net.Listener, o Options) *Router {
 	s.onMsg = func(p *peer, frames [][]byte) bool {
 		// A full RecvQueue holds this peer's reader, and so its TCP window: back
 		// pressure on the sender rather than drops or unbounded memory.
+		first := p.received == 0
+		p.received++
 		select {
-		case r.in <- Message{Identity: p.identity, Frames: frames, Remote: p.remote}:
+		case r.in <- Message{Identity: p.identity, Frames: frames, Remote: p.remote, First: first}:
 			return true
 		case <-p.done:
 			return false
