@@ -27,7 +27,7 @@ build:
 demo: build
 	./$(BIN)/broker demo
 
-## deps: what the tests need beyond Go: real libzmq peers (Debian's python3-zmq) and iproute2 for the WAN lab.
+## deps: what the tests need beyond Go: real libzmq peers (Debian's python3-zmq), iproute2 for the WAN lab, Prometheus and promtool for the alerts and dashboard.
 deps:
 	@if $(PYTHON) -c 'import zmq, msgpack' 2>/dev/null && command -v ip >/dev/null; then :; \
 	elif [ "$$(id -u)" != 0 ]; then \
@@ -38,6 +38,7 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-zmq python3-msgpack iproute2 >/dev/null; \
 	fi
 	@command -v systemd-analyze >/dev/null || { [ "$$(id -u)" = 0 ] && echo "make deps: installing systemd (systemd-analyze, for test/deploy's unit checks)" && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null; } || echo "make deps: systemd-analyze is missing (sudo apt-get install systemd); test/deploy skips the unit checks without it"
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && echo "make deps: installing prometheus (prometheus and promtool, for test/e2e's alert and dashboard checks)" && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } || { echo "make deps: prometheus and promtool are missing and installing them needs root: sudo apt-get install prometheus"; exit 1; }
 	$(GO) mod download
 
 tools: $(BIN)/staticcheck
