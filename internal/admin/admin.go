@@ -131,6 +131,10 @@ func CloseConnection(close func(conn uint32) bool, log *slog.Logger) http.Handle
 	}
 }
 
+// Close releases the endpoint's address without serving: for a caller that
+// gives up between Listen and Serve (EnablePprof refused the address).
+func (s *Server) Close() error { return s.ln.Close() }
+
 // Addr is the bound address.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 

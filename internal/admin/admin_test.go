@@ -24,7 +24,7 @@ func serve(t *testing.T, addr string, pprofOn bool) (*Server, error) {
 	}
 	if pprofOn {
 		if err := s.EnablePprof(); err != nil {
-			_ = s.ln.Close()
+			_ = s.Close()
 			return nil, err
 		}
 	}
