@@ -49,6 +49,8 @@ const (
 	// the new connection's figures (its RTT floor, its window) mean something.
 	settleTicks = 1
 	floorWindow = 10 // intervals
+	floorMature = 3  // intervals of a connection's own before its RTT is judged
+	lossWindow  = 5  // intervals the growth rule's loss rate spans
 	// busyShare: a loss-based window that is on average over half full is near
 	// its ceiling (Reno saws between half and all of it), and what it carries
 	// queues behind it.
@@ -75,6 +77,11 @@ type sizeInput struct {
 	idle      bool    // no request for idleAfter
 	sent      uint64  // packets sent in the interval, all connections
 	lost      uint64  // packets lost in the interval, all connections
+	// The same over the last lossWindow intervals: the loss rate the growth rule
+	// reads. A TCP connection sends full segments, twenty a second under a load
+	// that is thirty QUIC packets, and a light load few of either: one interval
+	// alone would seldom have minPackets to judge from.
+	recentSent, recentLost uint64
 	rttRatio  float64 // the largest smoothed RTT / RTT floor of the connections
 	// For the debug log: the least-loaded connection's peak bytes in flight and window.
 	peak, cwnd uint64
@@ -91,8 +98,8 @@ func decide(in sizeInput) (int, string) {
 	if in.size > 1 && in.idle {
 		return -1, shrankIdle
 	}
-	if in.size < in.cap && in.waiting && in.sent >= minPackets &&
-		float64(in.lost)/float64(in.sent) > randomLoss && in.rttRatio < randomRTT {
+	if in.size < in.cap && in.waiting && in.recentSent >= minPackets &&
+		float64(in.recentLost)/float64(in.recentSent) > randomLoss && in.rttRatio < randomRTT {
 		return 1, grewRandomLoss
 	}
 	return 0, ""
@@ -115,6 +122,7 @@ func (e *Edge) sizerLoop(ctx context.Context) {
 	t := time.NewTicker(sizeEvery)
 	defer t.Stop()
 	prev := map[*conn]connSample{}
+	var recent lossHistory
 	settle := 0
 	for {
 		select {
@@ -125,6 +133,7 @@ func (e *Edge) sizerLoop(ctx context.Context) {
 		conns, _ := e.pool.snapshot()
 		in, anchor, stats := e.sample(conns, prev)
 		prev = stats
+		in.recentSent, in.recentLost = recent.add(in.sent, in.lost)
 		if anchor == nil {
 			continue // the connect loop is bringing the link back
 		}
@@ -141,7 +150,7 @@ func (e *Edge) sizerLoop(ctx context.Context) {
 		}
 		delta, why := decide(in)
 		e.log.Debug("tunnel pool sizing", "connections", in.size, "cap", in.cap, "requests_waiting", in.waiting, "idle", in.idle,
-			"packets_sent", in.sent, "packets_lost", in.lost, "rtt_ratio", math.Round(in.rttRatio*100)/100,
+			"packets_sent", in.sent, "packets_lost", in.lost, "recent_sent", in.recentSent, "recent_lost", in.recentLost, "rtt_ratio", math.Round(in.rttRatio*100)/100,
 			"least_loaded_peak_bytes", in.peak, "least_loaded_cwnd", in.cwnd, "move", delta, "reason", why)
 		switch {
 		case delta > 0:
@@ -164,6 +173,23 @@ func (e *Edge) sizerLoop(ctx context.Context) {
 type connSample struct {
 	stats tunnel.Stats
 	floor rttFloor
+}
+
+// lossHistory sums packets sent and lost over the last lossWindow intervals.
+type lossHistory struct {
+	sent, lost [lossWindow]uint64
+	next       int
+}
+
+// add records one interval and returns the sums over the window.
+func (h *lossHistory) add(sent, lost uint64) (sumSent, sumLost uint64) {
+	h.sent[h.next], h.lost[h.next] = sent, lost
+	h.next = (h.next + 1) % lossWindow
+	for i := range lossWindow {
+		sumSent += h.sent[i]
+		sumLost += h.lost[i]
+	}
+	return sumSent, sumLost
 }
 
 // rttFloor is the least of the last floorWindow smoothed-RTT samples.
@@ -204,7 +230,9 @@ func (e *Edge) sample(conns []*conn, prev map[*conn]connSample) (sizeInput, *con
 		st := c.sess.Stats()
 		p, seen := prev[c]
 		cur := connSample{stats: st, floor: p.floor}
-		cur.floor.add(st.SmoothedRTT)
+		if seen {
+			cur.floor.add(st.SmoothedRTT)
+		}
 		next[c] = cur
 		peak := c.peakBytes.Swap(c.inflightBytes.Load())
 		if !c.usable() {
@@ -223,7 +251,11 @@ func (e *Edge) sample(conns []*conn, prev map[*conn]connSample) (sizeInput, *con
 		if in.size == 1 || uint64(peak)*in.cwnd < in.peak*st.CongestionWindow {
 			in.peak, in.cwnd = uint64(peak), st.CongestionWindow
 		}
-		if floor := cur.floor.min(); floor > 0 {
+		// A new connection's first figures are its handshake's (or quic-go's
+		// initial guess, 100 ms): read as a floor, they made a 600 ms path look
+		// six times congested and the pool step back at once. Its RTT counts once
+		// it has a few intervals of its own.
+		if floor := cur.floor.min(); floor > 0 && cur.floor.n >= floorMature {
 			in.rttRatio = max(in.rttRatio, float64(st.SmoothedRTT)/float64(floor))
 		}
 		if !seen {
@@ -275,8 +307,8 @@ func victim(conns []*conn) *conn {
 // change logs and counts one pool change, then makes it (do may be nil: done).
 func (e *Edge) change(delta int, why string, in sizeInput, do func()) {
 	loss := 0.0
-	if in.sent > 0 {
-		loss = float64(in.lost) / float64(in.sent)
+	if in.recentSent > 0 {
+		loss = float64(in.recentLost) / float64(in.recentSent)
 	}
 	msg := "tunnel pool grows: one more connection to the core"
 	if delta < 0 {

@@ -8,7 +8,7 @@ import (
 // The sizing rule, from the stats deltas of one interval (sizer.go).
 func TestSizingRule(t *testing.T) {
 	// 1000 packets, 5 % lost, RTT flat: the path drops at random.
-	lossy := sizeInput{size: 1, cap: 8, waiting: true, sent: 1000, lost: 50, rttRatio: 1.05}
+	lossy := sizeInput{size: 1, cap: 8, waiting: true, sent: 200, lost: 10, recentSent: 1000, recentLost: 50, rttRatio: 1.05}
 	cases := []struct {
 		name  string
 		in    func(sizeInput) sizeInput
@@ -17,8 +17,9 @@ func TestSizingRule(t *testing.T) {
 	}{
 		{"random loss with requests waiting grows", func(in sizeInput) sizeInput { return in }, 1, grewRandomLoss},
 		{"random loss but nothing waits holds", func(in sizeInput) sizeInput { in.waiting = false; return in }, 0, ""},
-		{"loss under 0.5 % holds", func(in sizeInput) sizeInput { in.lost = 4; return in }, 0, ""},
-		{"too few packets to judge holds", func(in sizeInput) sizeInput { in.sent, in.lost = 20, 5; return in }, 0, ""},
+		{"loss under 0.5 % holds", func(in sizeInput) sizeInput { in.recentLost = 4; return in }, 0, ""},
+		{"too few packets to judge holds", func(in sizeInput) sizeInput { in.recentSent, in.recentLost = 20, 5; return in }, 0, ""},
+		{"a quiet interval in a lossy window still grows", func(in sizeInput) sizeInput { in.sent, in.lost = 12, 0; return in }, 1, grewRandomLoss},
 		{"RTT 1.6× the minimum is not random loss", func(in sizeInput) sizeInput { in.rttRatio = 1.6; return in }, 0, ""},
 		{"at the cap holds", func(in sizeInput) sizeInput { in.size, in.cap = 3, 3; return in }, 0, ""},
 		{"RTT climbing with loss steps back", func(in sizeInput) sizeInput { in.size, in.rttRatio = 3, 2.5; return in }, -1, shrankCongested},
@@ -107,5 +108,22 @@ func TestBusy(t *testing.T) {
 		if got := busy(c.peak, c.used, c.cwnd); got != c.want {
 			t.Errorf("%s: busy(%d, %d, %d) = %v, want %v", c.name, c.peak, c.used, c.cwnd, got, c.want)
 		}
+	}
+}
+
+// The growth rule's loss rate spans lossWindow intervals: a sparse sender (TCP's
+// full segments, a light load) gathers enough packets to judge.
+func TestLossHistory(t *testing.T) {
+	var h lossHistory
+	var sent, lost uint64
+	for range lossWindow {
+		sent, lost = h.add(10, 1)
+	}
+	if sent != 10*lossWindow || lost != lossWindow {
+		t.Fatalf("full window: %d sent %d lost, want %d %d", sent, lost, 10*lossWindow, lossWindow)
+	}
+	sent, lost = h.add(0, 0) // the oldest interval leaves
+	if sent != 10*(lossWindow-1) || lost != lossWindow-1 {
+		t.Fatalf("after a quiet interval: %d sent %d lost, want %d %d", sent, lost, 10*(lossWindow-1), lossWindow-1)
 	}
 }
