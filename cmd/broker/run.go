@@ -62,6 +62,7 @@ type coreSettings struct {
 
 	Name  string `yaml:"name" cat:"Admin" usage:"name in logs and status (default: host name)"`
 	Admin string `yaml:"admin" cat:"Admin" usage:"admin HTTP address for /metrics, /healthz, /readyz, /status (\"\" disables); it has no authentication: keep it on loopback"`
+	Pprof bool   `yaml:"pprof" cat:"Admin" usage:"serve Go's profiler at /debug/pprof/ on the admin endpoint (loopback --admin only; off by default)"`
 
 	LogLevel  string `yaml:"log-level" cat:"Logging" usage:"debug, info, warn or error"`
 	LogFormat string `yaml:"log-format" cat:"Logging" usage:"text or json"`
@@ -107,6 +108,7 @@ type edgeSettings struct {
 
 	Name     string `yaml:"name" cat:"Admin" usage:"name in logs and status (default: host name)"`
 	Admin    string `yaml:"admin" cat:"Admin" usage:"admin HTTP address for /metrics, /healthz, /readyz, /status (\"\" disables); it has no authentication: keep it on loopback"`
+	Pprof    bool   `yaml:"pprof" cat:"Admin" usage:"serve Go's profiler at /debug/pprof/ on the admin endpoint (loopback --admin only; off by default)"`
 	StateDir string `yaml:"state-dir" cat:"Admin" usage:"directory for the publication cursor, so a restarted edge replays what it missed (\"\" keeps nothing)"`
 
 	LogLevel  string `yaml:"log-level" cat:"Logging" usage:"debug, info, warn or error"`
@@ -188,7 +190,7 @@ Example:
 				}
 				return k.Reload(src)
 			}
-			return runWithAdmin(c.Context, s.Admin, cfg.Registry.(*prometheus.Registry), k.Ready, func() any { return k.Status() },
+			return runWithAdmin(c.Context, s.Admin, s.Pprof, cfg.Registry.(*prometheus.Registry), k.Ready, func() any { return k.Status() },
 				withCertificates(k.Certs(), slog.Default(), reload, k.Run), nil)
 		},
 	}
@@ -291,7 +293,7 @@ Example:
 				}
 				return e.Reload(src)
 			}
-			return runWithAdmin(c.Context, s.Admin, cfg.Registry.(*prometheus.Registry), e.Ready, func() any { return e.Status() },
+			return runWithAdmin(c.Context, s.Admin, s.Pprof, cfg.Registry.(*prometheus.Registry), e.Ready, func() any { return e.Status() },
 				withCertificates(e.Certs(), slog.Default(), reload, e.Run), func(s *admin.Server) {
 					s.HandleDebug("close-connection", admin.CloseConnection(e.CloseConnection, slog.Default()))
 				})
@@ -397,7 +399,7 @@ func newRegistry() *prometheus.Registry {
 
 // runWithAdmin runs the service and, beside it, the admin endpoint.
 // debug, when set, adds the service's debug endpoints (served on loopback only).
-func runWithAdmin(ctx context.Context, addr string, reg *prometheus.Registry, ready func() bool, status func() any, run func(context.Context) error,
+func runWithAdmin(ctx context.Context, addr string, pprof bool, reg *prometheus.Registry, ready func() bool, status func() any, run func(context.Context) error,
 	debug func(*admin.Server)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -406,6 +408,12 @@ func runWithAdmin(ctx context.Context, addr string, reg *prometheus.Registry, re
 		srv, err := admin.Listen(addr, reg, ready, status, slog.Default())
 		if err != nil {
 			return fmt.Errorf("%w (use --admin to pick another address, or --admin '' to disable)", err)
+		}
+		if pprof {
+			if err := srv.EnablePprof(); err != nil {
+				_ = srv.Close()
+				return err
+			}
 		}
 		if debug != nil {
 			debug(srv)
