@@ -1,0 +1,95 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/salt-broker/salt-broker/internal/wire"
+)
+
+// runPubs resumes the publication stream from the edge's cursor and re-publishes
+// every publication to the minions, in order.
+func (c *conn) runPubs() {
+	e := c.e
+	if !e.cursor.waitForMinions(c.ctx, e.pub, e.cfg.ReplayHold, c.log) {
+		return
+	}
+	st, err := c.sess.OpenStream(c.ctx)
+	if err != nil {
+		c.cancel(fmt.Errorf("open publication stream: %w", err))
+		return
+	}
+	defer st.Close()
+	stop := context.AfterFunc(c.ctx, func() { _ = st.Close() })
+	defer stop()
+	epoch, cursor := e.cursor.get()
+	_ = st.SetWriteDeadline(time.Now().Add(e.cfg.WriteTimeout))
+	if err := wire.Write(st, wire.TSubscribe, wire.Subscribe{CoreEpoch: epoch, Cursor: cursor}.Encode()); err != nil {
+		c.cancel(fmt.Errorf("subscribe: %w", err))
+		return
+	}
+	_ = st.SetWriteDeadline(time.Time{})
+	rd := wire.NewReader(st, e.cfg.MaxMessageSize+64<<10)
+	for {
+		typ, body, err := rd.Next()
+		if errors.Is(err, wire.ErrTooLarge) && typ == wire.TPub {
+			seq := wire.NewDecoder(body[:min(8, len(body))]).U64()
+			c.log.Warn("publication skipped: larger than this edge's --max-message-size", "seq", seq, "err", err)
+			e.metrics.gapPubs.Inc()
+			if seq > cursor {
+				cursor = seq
+				e.cursor.setCursor(cursor)
+			}
+			continue
+		}
+		if err != nil {
+			c.cancel(fmt.Errorf("publication stream: %w", err))
+			return
+		}
+		switch typ {
+		case wire.TSubscribe: // the core says where it starts
+			s, err := wire.DecodeSubscribe(body)
+			if err != nil {
+				c.cancel(fmt.Errorf("decode subscribe answer: %w", err))
+				return
+			}
+			e.cursor.set(s.CoreEpoch, s.Cursor)
+			cursor = s.Cursor
+		case wire.TPub:
+			p, err := wire.DecodePub(body)
+			if err != nil {
+				c.cancel(fmt.Errorf("decode publication: %w", err))
+				return
+			}
+			if p.Seq <= cursor {
+				e.metrics.pubDuplicates.Inc()
+				continue
+			}
+			if p.Seq != cursor+1 {
+				c.log.Warn("publication sequence jumped", "expected", cursor+1, "got", p.Seq)
+				e.metrics.gapPubs.Add(float64(p.Seq - cursor - 1))
+			}
+			e.pub.Publish(wire.CloneFrames(p.Frames))
+			e.metrics.pubs.Inc()
+			cursor = p.Seq
+			e.cursor.setCursor(cursor)
+		case wire.TGap:
+			g, err := wire.DecodeGap(body)
+			if err != nil {
+				c.cancel(fmt.Errorf("decode gap: %w", err))
+				return
+			}
+			n := g.To - g.From + 1
+			e.metrics.gapPubs.Add(float64(n))
+			c.log.Warn("publications lost in an outage longer than the core's replay window; minions will miss these jobs",
+				"from_seq", g.From, "to_seq", g.To, "count", n)
+			cursor = g.To
+			e.cursor.setCursor(cursor)
+		default:
+			c.cancel(fmt.Errorf("unexpected %s on the publication stream: %w", typ, wire.ErrMalformed))
+			return
+		}
+	}
+}
