@@ -48,9 +48,9 @@ func reloadLoop(ctx context.Context, log *slog.Logger, sig <-chan os.Signal, rel
 		case <-ctx.Done():
 			return
 		case s := <-sig:
-			log.Info("reloading certificates and edge lists", "signal", s.String())
+			log.Info("reloading certificates (and, on a core, --allow-edge and --deny-edge)", "signal", s.String())
 			if err := reload(); err != nil {
-				log.Error("reload failed: still running with the previous certificates and edge lists", "err", err,
+				log.Error("reload failed: still running with the previous certificates (and edge lists)", "err", err,
 					"hint", "fix the file named and send SIGHUP again ('broker certs show FILE' says what a file holds)")
 				continue
 			}

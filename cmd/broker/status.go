@@ -202,8 +202,8 @@ func (s statusDoc) print(w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "minions\t%d subscribed\t%d request sockets\n", s.MinionsPub, s.MinionsRet)
 		fmt.Fprintf(tw, "requests\t%d pending\t\n", s.Pending)
-		fmt.Fprintf(tw, "publications\tcursor %d\tcore epoch %016x\n", s.PubCursor, s.CoreEpoch)
-		fmt.Fprintf(tw, "pool\t%d connections\tof at most %d\n", len(s.Connections), s.PoolCap)
+		fmt.Fprintf(tw, "publications\tcursor %d\tcore epoch %d\n", s.PubCursor, s.CoreEpoch)
+		fmt.Fprintf(tw, "pool\t%s\tof at most %d\n", plural(len(s.Connections), "connection"), s.PoolCap)
 		if len(s.Connections) > 0 {
 			fmt.Fprintln(tw, "\nCONN\tTRANSPORT\tROLE\tPING RTT\tSRTT\tMIN RTT\tCWND\tLOSS\tREQUESTS\tBYTES")
 			for _, c := range s.Connections {
@@ -222,12 +222,12 @@ func (s statusDoc) print(w io.Writer) error {
 			}
 		}
 	} else {
-		fmt.Fprintf(tw, "core\tepoch %016x\tmaster sub %s, dealer %s\n", s.Epoch,
+		fmt.Fprintf(tw, "core\tepoch %d\tmaster sub %s, dealer %s\n", s.Epoch,
 			yesNo(s.MasterSub, "connected", "DOWN"), yesNo(s.MasterDealer, "connected", "DOWN"))
 		fmt.Fprintf(tw, "ring\t%d publications, %s\toldest %s, head %d\n", s.RingMessages, bytesIEC(s.RingBytes),
 			(time.Duration(s.RingOldestSecs * float64(time.Second))).Round(time.Second), s.HeadSeq)
 		fmt.Fprintf(tw, "requests\t%d at the master\t%d remembered (dedup)\n", s.RequestsAtMaster, s.DedupEntries)
-		fmt.Fprintf(tw, "edges\t%d connections\t\n", len(s.Edges))
+		fmt.Fprintf(tw, "edges\t%s\t\n", plural(len(s.Edges), "connection"))
 		if len(s.Edges) > 0 {
 			fmt.Fprintln(tw, "\nCERTIFICATE\tEDGE NAME\tCONN\tREMOTE\tTRANSPORT\tRTT\tCURSOR\tLAG")
 			for _, e := range s.Edges {
@@ -254,4 +254,12 @@ func bytesIEC(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// plural is "1 connection", "3 connections".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
