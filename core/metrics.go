@@ -85,6 +85,10 @@ func newMetrics(c *Core, reg prometheus.Registerer) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "dedup_entries", Help: "Requests remembered by the dedup table."}, func() float64 { _, n, _, _ := c.table.snapshot(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_queued", Help: "Requests waiting at the core for a slot at the master (bounded by the dedup table: 100,000 entries, 256 MiB)."}, func() float64 { n, _ := c.table.queue(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "requests_queued_bytes", Help: "Bytes of the requests waiting for a slot at the master."}, func() float64 { _, b := c.table.queue(); return float64(b) }),
+		// What the dedup table decides that its callers do not count (tableStats).
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "requests_queue_full_total", Help: "Requests refused as busy because the queue towards the master was full in bytes (a part of requests_total{result=\"busy\"}; the rest: the dedup table was full)."}, func() float64 { return float64(c.table.counters().QueueFull) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "cancels_total", Help: "Requests an edge cancelled (a minion's retry chain withdrawn) before they reached the master."}, func() float64 { return float64(c.table.counters().Cancelled) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reply_evictions_total", Help: "Cached replies dropped to bound dedup_reply_bytes before their edge confirmed them; the edge's re-sent request is then refused as busy and its minion retries."}, func() float64 { return float64(c.table.counters().ReplyEvictions) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "dedup_reply_bytes", Help: "Bytes of replies cached until their edge confirms them."}, func() float64 { _, _, _, b := c.table.snapshot(); return float64(b) }),
 	}
 	for _, k := range protocolErrorKinds {

@@ -95,9 +95,15 @@ type table struct {
 	toKick  bool
 }
 
+// tableStats counts what the table decides that no caller learns from a return
+// value, for the core's metrics (requests_queue_full_total, cancels_total,
+// reply_evictions_total). What callers do learn (accepted, resent, busy, stale,
+// timed out, no master, late replies) they count themselves in requests_total and
+// master_late_replies_total, so it is not counted twice here.
 type tableStats struct {
-	Accepted, Duplicates, Busy, QueueFull, Cancelled, TimedOut, Stale, LateReplies, ReplyEvictions, Expired uint64
-	NoMaster                                                                                                uint64 // refused by refuseUnreached
+	QueueFull      uint64 // busy refusals because the queue towards the master is full in bytes (QueueBytes), not the table
+	Cancelled      uint64 // requests the edge cancelled before they reached the master
+	ReplyEvictions uint64 // replies dropped from the cache (ReplyBytes) before their edge confirmed them
 }
 
 func newTable(l TableLimits) *table {
@@ -179,18 +185,15 @@ func (t *table) submit(key reqKey, frames [][]byte, maxAge time.Duration) (p *pe
 	t.mu.Lock()
 	defer t.unlock()
 	if p := t.byKey[key]; p != nil {
-		t.stats.Duplicates++
 		return p, true, false
 	}
 	if !t.roomLocked(key.sess.cert) {
-		t.stats.Busy++
 		return nil, false, true
 	}
 	size := int64(wire.Size(frames))
 	// A request larger than the whole byte bound still passes an empty queue, or it
 	// could never be served; the bound is exceeded by that one request at most.
 	if t.fifo.Len() > 0 && t.queuedBytes+size > t.limits.QueueBytes {
-		t.stats.Busy++
 		t.stats.QueueFull++
 		return nil, false, true
 	}
@@ -205,7 +208,6 @@ func (t *table) submit(key reqKey, frames [][]byte, maxAge time.Duration) (p *pe
 	t.byTicket[p.ticket] = p
 	p.queued = t.fifo.PushBack(p)
 	t.queuedBytes += size
-	t.stats.Accepted++
 	t.toKick = true
 	return p, false, false
 }
@@ -246,7 +248,6 @@ func (t *table) dequeueLocked(p *pending) {
 // staleLocked refuses a queued request that has waited longer than its age budget.
 func (t *table) staleLocked(p *pending) {
 	t.refuseLocked(p, wire.RefusedStale, "waited at the core longer than its edge allowed (its class's max age): the master is slow or unreachable")
-	t.stats.Stale++
 	t.staleUnsaid++
 }
 
@@ -257,7 +258,6 @@ func (t *table) complete(ticket uint64, reply [][]byte) bool {
 	defer t.unlock()
 	p := t.byTicket[ticket]
 	if p == nil || p.state != stateAtMaster {
-		t.stats.LateReplies++
 		return false
 	}
 	delete(t.byTicket, ticket)
@@ -344,7 +344,6 @@ func (t *table) cancel(key reqKey) (result byte) {
 		if !t.roomLocked(key.sess.cert) {
 			// Cannot remember the tombstone; refusing the cancel is the safe answer
 			// (the edge then treats the request as possibly at the master).
-			t.stats.Busy++
 			return wire.CancelAtMaster
 		}
 		p = &pending{key: key, done: make(chan struct{}), created: t.now()}
@@ -392,14 +391,12 @@ func (t *table) sweep(masterTimeout time.Duration) (timedOut, stale int) {
 			t.staleLocked(p)
 		case p.state == stateAtMaster && now.Sub(p.sentAt) > masterTimeout:
 			t.refuseLocked(p, wire.RefusedTimeout, "the master did not answer in time")
-			t.stats.TimedOut++
 			timedOut++
 		case p.state != stateAtMaster && p.state != stateQueued && now.Sub(p.created) > t.limits.TTL:
 			if p.state == stateReplied {
 				t.replyBytes -= int64(wire.Size(p.reply))
 			}
 			t.deleteLocked(p)
-			t.stats.Expired++
 		}
 	}
 	stale, t.staleUnsaid = t.staleUnsaid, 0
@@ -425,7 +422,6 @@ func (t *table) refuseUnreached(masterTimeout time.Duration) int {
 			break
 		}
 		t.refuseLocked(p, wire.RefusedTimeout, "the core has not reached the master since it started: check the core's --master and the master's ret port")
-		t.stats.NoMaster++
 		n++
 	}
 	return n
@@ -462,6 +458,13 @@ func (t *table) queue() (n int, bytes int64) {
 	t.mu.Lock()
 	defer t.unlock()
 	return t.fifo.Len(), t.queuedBytes
+}
+
+// counters returns the table's counters, without the walk snapshot makes.
+func (t *table) counters() tableStats {
+	t.mu.Lock()
+	defer t.unlock()
+	return t.stats
 }
 
 func (t *table) snapshot() (s tableStats, entries, atMaster int, replyBytes int64) {
