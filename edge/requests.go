@@ -318,7 +318,7 @@ func (t *reqTable) finish(r *edgeReq, answered bool) bool {
 		return false
 	}
 	t.removeLocked(r)
-	// finish is called from r's own exchange (conn.go), after its send: nothing
+	// finish is called from r's own exchange (exchange.go), after its send: nothing
 	// reads the body any more. What the chain index keeps of r is its try: its
 	// shape and times, not its bytes.
 	r.body = nil
