@@ -157,7 +157,7 @@ func New(cfg Config) (*Core, error) {
 		slots: make(chan struct{}, cfg.MaxInFlight), draining: make(chan struct{}),
 		edges: make(map[*edgeConn]struct{}), sessions: make(map[uint64]sessionOwner),
 	}
-	c.dupNames.Every = time.Minute
+	c.dupNames.Every = dupNamesLogEvery
 	c.metrics = newMetrics(c, cfg.Registry)
 	return c, nil
 }
@@ -244,7 +244,7 @@ func (c *Core) drain() {
 // queued requests past their age budget, every second whatever the links do: a
 // request waiting for a master that is slow, down or never connected expires too.
 func (c *Core) runSweeper(ctx context.Context) {
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
 	stale := staleLog{log: c.log, every: staleLogEvery, queue: c.table.queue}
 	defer func() { stale.flush(time.Now()) }()
@@ -266,5 +266,14 @@ func (c *Core) runSweeper(ctx context.Context) {
 	}
 }
 
+const (
+	// dupNamesLogEvery rate-limits the warning about two edges sharing a name: a
+	// misconfiguration worth a line a minute, not one per reconnect.
+	dupNamesLogEvery = time.Minute
+	// sweepEvery is how often runSweeper times out and expires requests: budgets
+	// are seconds to minutes, so a second of lateness is within their slack.
+	sweepEvery = time.Second
+)
+
 // maxRecord is the largest tunnel record: one message plus its framing.
-func (c *Core) maxRecord() int { return c.cfg.MaxMessageSize + 64<<10 }
+func (c *Core) maxRecord() int { return c.cfg.MaxMessageSize + wire.FrameSlack }

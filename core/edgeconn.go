@@ -18,7 +18,10 @@ const (
 	helloTimeout   = 10 * time.Second
 	controlTimeout = 60 * time.Second // the edge pings several times a second
 	doneTimeout    = 30 * time.Second
-	pubBatch       = 256
+	// pubBatchBuf is the publication stream's initial write buffer: a batch of
+	// ordinary publications fits without growing it.
+	pubBatchBuf = 64 << 10
+	pubBatch    = 256
 )
 
 // edgeConn is one tunnel session from an edge.
@@ -436,7 +439,7 @@ func (e *edgeConn) servePubs(ctx context.Context, st tunnel.Stream, body []byte)
 	if err := e.write(st, wire.TSubscribe, wire.Subscribe{CoreEpoch: e.c.epoch, Cursor: cursor}.Encode()); err != nil {
 		return fmt.Errorf("answer subscribe: %w", err)
 	}
-	buf := make([]byte, 0, 64<<10)
+	buf := make([]byte, 0, pubBatchBuf)
 	for {
 		batch, gap, wait := e.c.ring.read(cursor, pubBatch)
 		buf = buf[:0]

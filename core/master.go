@@ -26,6 +26,13 @@ import (
 const (
 	masterRetry       = 500 * time.Millisecond
 	masterSlowConnect = 10 * time.Second
+	// masterDialTimeout bounds one dial attempt to the master.
+	masterDialTimeout = 5 * time.Second
+	// masterIOTimeout is zmq4's per-operation timeout on the master sockets.
+	masterIOTimeout = 10 * time.Second
+	// masterReadPause is the wait after a failed read from the master while zmq4
+	// redials, so the read loop does not spin on a socket that is down.
+	masterReadPause = 50 * time.Millisecond
 )
 
 func zmqOptions() []zmq4.Option {
@@ -33,8 +40,8 @@ func zmqOptions() []zmq4.Option {
 		zmq4.WithAutomaticReconnect(true),
 		zmq4.WithDialerMaxRetries(-1),
 		zmq4.WithDialerRetry(masterRetry),
-		zmq4.WithDialerTimeout(5 * time.Second), // a blackholed master must not hold one attempt for minutes
-		zmq4.WithTimeout(10 * time.Second),
+		zmq4.WithDialerTimeout(masterDialTimeout), // a blackholed master must not hold one attempt for minutes
+		zmq4.WithTimeout(masterIOTimeout),
 	}
 }
 
@@ -72,7 +79,7 @@ func (c *Core) runSub(ctx context.Context, sub zmq4.Socket, w *masterWatch) erro
 			if errs++; errs == 1 { // the watch logs the loss itself; this error comes with it, often just after the redial
 				c.log.Debug("reading publications from the master failed; zmq4 reconnects by itself", "err", err)
 			}
-			if !waitctx.Sleep(ctx, 50*time.Millisecond) {
+			if !waitctx.Sleep(ctx, masterReadPause) {
 				return nil
 			}
 			continue
@@ -175,7 +182,7 @@ func (c *Core) runDealerRecv(ctx context.Context, dealer zmq4.Socket) {
 			if errs++; errs == 1 { // the watch logs the loss itself; this error comes with it, often just after the redial
 				c.log.Debug("reading replies from the master failed; zmq4 reconnects by itself", "err", err)
 			}
-			if !waitctx.Sleep(ctx, 50*time.Millisecond) {
+			if !waitctx.Sleep(ctx, masterReadPause) {
 				return
 			}
 			continue

@@ -17,6 +17,15 @@ import (
 
 const stateFile = "edge-state.json"
 
+const (
+	// replayHoldPoll is how often the replay hold looks whether the minions came
+	// back: often enough that the hold ends within a tenth of a second of it.
+	replayHoldPoll = 100 * time.Millisecond
+	// cursorSaveEvery bounds how many publications a crash re-delivers: a cursor
+	// at most this old is on disk, and a write five times a second costs nothing.
+	cursorSaveEvery = 200 * time.Millisecond
+)
+
 // cursorState is the edge's place in the core's publication stream, optionally kept
 // in a small state file so a restarted edge resumes instead of skipping what it missed.
 type cursorState struct {
@@ -92,7 +101,7 @@ func (cs *cursorState) waitForMinions(ctx context.Context, pub *zmtp.Pub, hold t
 		return ctx.Err() == nil
 	}
 	deadline := time.Now().Add(hold)
-	t := time.NewTicker(100 * time.Millisecond)
+	t := time.NewTicker(replayHoldPoll)
 	defer t.Stop()
 	for {
 		have := int(pub.Stats().Peers)
@@ -143,7 +152,7 @@ func (cs *cursorState) saveLoop(ctx context.Context, log *slog.Logger, pub *zmtp
 	if cs.dir == "" {
 		return
 	}
-	t := time.NewTicker(200 * time.Millisecond)
+	t := time.NewTicker(cursorSaveEvery)
 	defer t.Stop()
 	failing := false
 	for {

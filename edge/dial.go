@@ -13,6 +13,21 @@ import (
 	"github.com/salt-broker/salt-broker/tunnel"
 )
 
+const (
+	// backoffFreshUp: a link that was up this recently is retried at the probe
+	// interval, not backed off; one that has been down longer is treated as gone.
+	backoffFreshUp = 5 * time.Minute
+	// handshakeTimeout bounds opening the control stream and the hello exchange,
+	// so a core that accepts the connection but never answers frees the slot.
+	handshakeTimeout = 10 * time.Second
+	// helloAnswerMax is the largest hello-ack or reject accepted: both are a few
+	// fields and a reason string, far below any message.
+	helloAnswerMax = 64 << 10
+	// quicProbeTimeout bounds one QUIC probe while on the TCP fallback, so a
+	// blackholed UDP path costs one short attempt per probe interval.
+	quicProbeTimeout = 5 * time.Second
+)
+
 // connectLoop keeps one connection to the core up for as long as ctx lives: the
 // pool's anchor. The sizer adds others beside it when one is not enough (sizer.go).
 func (e *Edge) connectLoop(ctx context.Context) {
@@ -104,7 +119,7 @@ func (e *Edge) connectLoop(ctx context.Context) {
 // long failure, so a core that is gone is not hammered.
 func (e *Edge) backoff(lastUp time.Time, failures int) time.Duration {
 	base := e.cfg.ProbeInterval
-	if lastUp.IsZero() || time.Since(lastUp) > 5*time.Minute {
+	if lastUp.IsZero() || time.Since(lastUp) > backoffFreshUp {
 		for i := 1; i < failures && base < e.cfg.MaxBackoff; i++ {
 			base *= 2
 		}
@@ -166,7 +181,7 @@ func (e *Edge) dialRacing(ctx context.Context, lastUp time.Time, failures *int) 
 // handshake opens the control stream and exchanges hello in slot: the first I/O on
 // a new connection, which is also where a certificate the core rejects shows up.
 func (e *Edge) handshake(ctx context.Context, sess tunnel.Session, slot uint32, anchor bool) (*conn, error) {
-	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
 	st, err := sess.OpenStream(hctx)
 	if err != nil {
@@ -180,7 +195,7 @@ func (e *Edge) handshake(ctx context.Context, sess tunnel.Session, slot uint32, 
 	if err := wire.Write(st, wire.THello, hello.Encode()); err != nil {
 		return nil, fmt.Errorf("send hello: %w", err)
 	}
-	rd := wire.NewReader(st, 64<<10)
+	rd := wire.NewReader(st, helloAnswerMax)
 	typ, body, err := rd.Next()
 	if err != nil {
 		return nil, fmt.Errorf("read hello answer (a core that rejects this edge's certificate closes here): %w", err)
@@ -226,7 +241,7 @@ func (c *conn) probeQUIC() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+		ctx, cancel := context.WithTimeout(c.ctx, quicProbeTimeout)
 		s, err := c.e.dialer.DialMode(ctx, c.e.cfg.CoreAddr, tunnel.ModeQUIC)
 		cancel()
 		if err != nil {

@@ -21,6 +21,15 @@ const (
 	uploadInFlightBytes = 4 << 20
 )
 
+const (
+	// streamRetryPause is the wait before re-sending a request whose stream failed
+	// on a live connection, so a stream that fails at once is not a busy loop.
+	streamRetryPause = 200 * time.Millisecond
+	// retirePoll is how often a retiring connection looks whether its last request
+	// has finished (within retireWait).
+	retirePoll = 100 * time.Millisecond
+)
+
 // goRequest carries one request on its own stream of this connection. When the
 // connection dies first, the request goes back in line and the dispatcher puts it
 // on another connection of the pool, under the same ID.
@@ -42,7 +51,7 @@ func (c *conn) goRequest(r *edgeReq) {
 			c.e.reqs.requeue(r) // the next connection re-sends it under the same ID
 		default:
 			c.log.Debug("request stream failed; re-sending", "err", err)
-			waitctx.Sleep(c.ctx, 200*time.Millisecond) // no tight loop on a failing stream
+			waitctx.Sleep(c.ctx, streamRetryPause) // no tight loop on a failing stream
 			c.e.reqs.requeue(r)
 		}
 	})
@@ -61,7 +70,7 @@ func (c *conn) retire(why string) {
 		return
 	}
 	c.goWork(func() {
-		t := time.NewTicker(100 * time.Millisecond)
+		t := time.NewTicker(retirePoll)
 		defer t.Stop()
 		deadline := time.Now().Add(retireWait)
 		for c.inflight.Load() > 0 && time.Now().Before(deadline) {
@@ -105,7 +114,7 @@ func (c *conn) exchange(r *edgeReq) error {
 		return fmt.Errorf("send request: %w", err)
 	}
 	release()
-	rd := wire.NewReader(st, e.cfg.MaxMessageSize+64<<10)
+	rd := wire.NewReader(st, e.cfg.MaxMessageSize+wire.FrameSlack)
 	typ, body, err := rd.Next()
 	if errors.Is(err, wire.ErrTooLarge) {
 		// Re-sending would bring the same reply: end it, as a minion's master would.

@@ -22,6 +22,13 @@ import (
 // enough that a week-long outage is a few thousand lines.
 const outageLogEvery = 30 * time.Second
 
+// remindLoop's ticker: within a second of the reminder being due, and never a
+// spin however short --outage-log-every is set in tests.
+const (
+	remindTickMax = time.Second
+	remindTickMin = 10 * time.Millisecond
+)
+
 // outage tracks the edge's link to its core as an operator sees it: since when no
 // connection is up and why the last attempt failed. The reasons exist for every
 // failed attempt (many a second while down); the log gets the first of an outage at
@@ -102,7 +109,7 @@ func (o *outage) remind() {
 func (o *outage) remindLoop(ctx context.Context) {
 	// The reminder is due `every` after the last line, not on a fixed grid: look
 	// often enough that it comes within a second of that.
-	tick := max(min(o.every/4, time.Second), 10*time.Millisecond)
+	tick := max(min(o.every/4, remindTickMax), remindTickMin)
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {

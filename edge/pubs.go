@@ -31,7 +31,7 @@ func (c *conn) runPubs() {
 		return
 	}
 	_ = st.SetWriteDeadline(time.Time{})
-	rd := wire.NewReader(st, e.cfg.MaxMessageSize+64<<10)
+	rd := wire.NewReader(st, e.cfg.MaxMessageSize+wire.FrameSlack)
 	for {
 		typ, body, err := rd.Next()
 		if errors.Is(err, wire.ErrTooLarge) && typ == wire.TPub {

@@ -8,6 +8,14 @@ import (
 	"github.com/salt-broker/salt-broker/internal/wire"
 )
 
+const (
+	// withdrawTimeout bounds one cancel exchange with the core; a core too slow to
+	// answer in this is asked again on the next connection.
+	withdrawTimeout = 30 * time.Second
+	// cancelReplyMax is the largest cancel reply accepted: an ID and a result byte.
+	cancelReplyMax = 1 << 10
+)
+
 // goCancel asks the core to withdraw r's earlier try, then resolves the chain.
 func (c *conn) goCancel(r *edgeReq) {
 	started := c.goWork(func() {
@@ -26,7 +34,7 @@ func (c *conn) goCancel(r *edgeReq) {
 }
 
 func (c *conn) withdraw(id uint64) (byte, error) {
-	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(c.ctx, withdrawTimeout)
 	defer cancel()
 	st, err := c.sess.OpenStream(ctx)
 	if err != nil {
@@ -35,11 +43,11 @@ func (c *conn) withdraw(id uint64) (byte, error) {
 	defer st.Close()
 	stop := context.AfterFunc(ctx, func() { _ = st.Close() })
 	defer stop()
-	_ = st.SetDeadline(time.Now().Add(30 * time.Second))
+	_ = st.SetDeadline(time.Now().Add(withdrawTimeout))
 	if err := wire.Write(st, wire.TCancel, wire.U64Body(id)); err != nil {
 		return 0, fmt.Errorf("send cancel: %w", err)
 	}
-	body, err := wire.NewReader(st, 1<<10).Expect(wire.TCancelReply)
+	body, err := wire.NewReader(st, cancelReplyMax).Expect(wire.TCancelReply)
 	if err != nil {
 		return 0, fmt.Errorf("read cancel answer: %w", err)
 	}

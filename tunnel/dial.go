@@ -14,11 +14,15 @@ import (
 	"github.com/quic-go/quic-go"
 )
 
+// DefaultFallbackDelay is how long auto mode gives QUIC before it also tries TCP:
+// a QUIC handshake over a sane WAN ends well within it, a blackholed UDP path never.
+const DefaultFallbackDelay = 3 * time.Second
+
 // DialOptions say how an edge reaches its core.
 type DialOptions struct {
 	Mode Mode
 	// FallbackDelay: in auto mode, TCP is started if QUIC has not completed by then
-	// (default 3s); the first to complete wins and the other is closed.
+	// (default DefaultFallbackDelay, 3s); the first to complete wins and the other is closed.
 	FallbackDelay time.Duration
 	// Proxy is used by the TCP transport only; nil means a direct connection.
 	Proxy ProxyFunc
@@ -204,7 +208,7 @@ func dialMode(ctx context.Context, mode Mode, delay time.Duration, dialQ, dialT 
 		return dialT(ctx)
 	}
 	if delay == 0 {
-		delay = 3 * time.Second
+		delay = DefaultFallbackDelay
 	}
 	return dialAuto(ctx, delay, dialQ, dialT)
 }

@@ -19,6 +19,19 @@ import (
 	"github.com/quic-go/quic-go"
 )
 
+const (
+	// acceptQueue bounds the sessions handshaken but not yet taken by Accept; a
+	// core takes them at once, so this only absorbs a burst of reconnecting edges.
+	acceptQueue = 16
+	// listenAttempts: with port 0 the free UDP port may be taken on TCP, so
+	// Listen tries that many ports before it gives up.
+	listenAttempts = 10
+	// acceptBackoffMin and acceptBackoffMax bound the TCP accept loop's backoff
+	// after an error such as EMFILE: short enough to recover at once, never a spin.
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
 // Listener accepts edges on UDP (QUIC) and TCP (TLS + smux) on the same port.
 type Listener struct {
 	cfg      Config
@@ -50,10 +63,10 @@ func Listen(addr string, cfg Config) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{cfg: cfg, log: cfg.Logger, sessions: make(chan Session, 16)}
+	l := &Listener{cfg: cfg, log: cfg.Logger, sessions: make(chan Session, acceptQueue)}
 	tlsCfg = l.loggingTLS(tlsCfg)
 	var lastErr error
-	for range 10 { // port 0: the free UDP port may be taken on TCP; try another
+	for range listenAttempts { // port 0: the free UDP port may be taken on TCP; try another
 		udp, tcp, err := bindPair(addr)
 		if err != nil {
 			lastErr = err
@@ -177,8 +190,8 @@ func (l *Listener) acceptTCP(tlsCfg *tls.Config) {
 			}
 			// EMFILE, ENFILE, ECONNABORTED...: returning here would leave the port open
 			// but never served again, silently killing the TCP fallback. Back off and retry.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			if backoff == 5*time.Millisecond || backoff == time.Second {
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			if backoff == acceptBackoffMin || backoff == acceptBackoffMax {
 				l.log.Error("tcp accept failed; retrying", "err", err, "backoff", backoff,
 					"hint", "out of file descriptors? raise the open-files limit (ulimit -n / LimitNOFILE)")
 			}

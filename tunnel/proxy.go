@@ -14,6 +14,10 @@ import (
 	"golang.org/x/net/http/httpproxy"
 )
 
+// proxyConnectTimeout bounds the HTTP CONNECT exchange with a proxy when the
+// caller's context allows longer: a proxy that accepts but never answers is dead.
+const proxyConnectTimeout = 10 * time.Second
+
 // ProxyFunc returns the HTTP proxy for a target URL (https://host:port), or nil for none.
 type ProxyFunc func(target *url.URL) (*url.URL, error)
 
@@ -72,7 +76,7 @@ func dialMaybeProxy(ctx context.Context, addr string, proxy ProxyFunc, control f
 }
 
 func connect(ctx context.Context, c net.Conn, addr string, pu *url.URL) error {
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(proxyConnectTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}

@@ -10,14 +10,21 @@ import (
 	"github.com/quic-go/quic-go"
 )
 
+// quic-go's initial receive windows, from which its auto-tuning grows towards
+// StreamWindow and ConnWindow: small enough that an idle stream reserves little.
+const (
+	quicInitialStreamWindow = 1 << 20
+	quicInitialConnWindow   = 4 << 20
+)
+
 func (c Config) quicConfig() *quic.Config {
 	return &quic.Config{
 		HandshakeIdleTimeout:           c.HandshakeTimeout,
 		MaxIdleTimeout:                 c.IdleTimeout,
 		KeepAlivePeriod:                c.KeepAlivePeriod,
-		InitialStreamReceiveWindow:     1 << 20,
+		InitialStreamReceiveWindow:     quicInitialStreamWindow,
 		MaxStreamReceiveWindow:         c.StreamWindow,
-		InitialConnectionReceiveWindow: 4 << 20,
+		InitialConnectionReceiveWindow: quicInitialConnWindow,
 		MaxConnectionReceiveWindow:     c.ConnWindow,
 		MaxIncomingStreams:             c.MaxIncomingStreams,
 		MaxIncomingUniStreams:          -1,

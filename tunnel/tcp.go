@@ -17,6 +17,15 @@ import (
 	"github.com/xtaci/smux"
 )
 
+const (
+	// tcpConnectSlack is what a TCP dial may take beyond the TLS handshake: the TCP
+	// connect itself and a proxy's CONNECT.
+	tcpConnectSlack = 5 * time.Second
+	// smuxMaxBuffer caps smux's windows below the 2^31-1 its VerifyConfig
+	// refuses, so a larger --conn-window is clamped, not an error.
+	smuxMaxBuffer = 1 << 30
+)
+
 // maxAcceptBacklog bounds the streams a TCP session holds for AcceptStream.
 const maxAcceptBacklog = 4096
 
@@ -27,8 +36,8 @@ func (c Config) smuxConfig() *smux.Config {
 	sc.Version = 2
 	sc.KeepAliveInterval = c.KeepAlivePeriod
 	sc.KeepAliveTimeout = max(c.IdleTimeout, c.KeepAlivePeriod)
-	sc.MaxReceiveBuffer = int(min(c.ConnWindow, 1<<30))
-	sc.MaxStreamBuffer = int(min(c.StreamWindow, c.ConnWindow, 1<<30))
+	sc.MaxReceiveBuffer = int(min(c.ConnWindow, smuxMaxBuffer))
+	sc.MaxStreamBuffer = int(min(c.StreamWindow, c.ConnWindow, smuxMaxBuffer))
 	return sc
 }
 
@@ -284,7 +293,7 @@ type tcpDialer struct {
 
 func (t tcpDialer) dial(ctx context.Context, addr string) (Session, error) {
 	cfg := t.cfg
-	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout+5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout+tcpConnectSlack)
 	defer cancel()
 	raw, err := dialMaybeProxy(ctx, addr, t.proxy, t.cc)
 	if err != nil {

@@ -110,9 +110,19 @@ type Reader struct {
 	buf []byte
 }
 
+// FrameSlack is what a record may carry beyond its largest ZeroMQ message: the
+// record header, the IDs and budgets of a Request or Reply, and the multipart's
+// frame count and per-frame lengths. A reader sized MaxMessageSize+FrameSlack takes
+// every record an honest peer sends with a message at the limit, and no more.
+const FrameSlack = 64 << 10
+
+// readBufferSize is a Reader's buffer: many small records (pings, publications)
+// per read from the stream, without holding much per stream.
+const readBufferSize = 32 << 10
+
 // NewReader returns a Reader that refuses records larger than max bytes.
 func NewReader(r io.Reader, max int) *Reader {
-	return &Reader{r: bufio.NewReaderSize(r, 32<<10), max: max}
+	return &Reader{r: bufio.NewReaderSize(r, readBufferSize), max: max}
 }
 
 // Next reads the next record. The returned body is valid until the next call.

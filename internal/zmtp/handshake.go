@@ -8,6 +8,10 @@ import (
 	"time"
 )
 
+// readyMax is the largest READY command accepted from a peer: its metadata is a
+// socket type and an identity, so anything near this is not a ZeroMQ peer.
+const readyMax = 64 << 10
+
 // handshake exchanges greetings and READY within the handshake deadline.
 func (s *server) handshake(c net.Conn, br *bufio.Reader) (map[string][]byte, error) {
 	_ = c.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
@@ -52,7 +56,7 @@ func (s *server) handshake(c net.Conn, br *bufio.Reader) (map[string][]byte, err
 	if err := bw.Flush(); err != nil {
 		return nil, err
 	}
-	fr := frameReader{r: br, maxMessage: 64 << 10} // READY metadata is small
+	fr := frameReader{r: br, maxMessage: readyMax}
 	frames, isCmd, err := fr.readMessage()
 	if err != nil {
 		if errors.Is(err, errTooBig) {

@@ -222,7 +222,7 @@ func (s *server) writeLoop(p *peer) {
 				return
 			}
 			// The TTL field counts tenths of a second in 16 bits.
-			ttl := binary.BigEndian.AppendUint16(nil, uint16(min(s.opts.HeartbeatTimeout/(100*time.Millisecond), 0xffff)))
+			ttl := binary.BigEndian.AppendUint16(nil, uint16(min(s.opts.HeartbeatTimeout/pingTTLUnit, 0xffff)))
 			batch = []item{{frames: [][]byte{command("PING", ttl)}, command: true}}
 		}
 		if len(batch) == 0 {
@@ -248,8 +248,18 @@ func (s *server) writeLoop(p *peer) {
 // go out from where they are (a PUB message's frames are shared by every peer).
 const copyLimit = 512
 
+// pingTTLUnit is the unit of a ZMTP PING's TTL field (RFC 37: tenths of a second).
+const pingTTLUnit = 100 * time.Millisecond
+
+// scratchSize is a new scratch buffer's capacity: a batch of small messages fits;
+// scratchKeepMax is the largest one given back to the pool after a big batch.
+const (
+	scratchSize    = 8 << 10
+	scratchKeepMax = 64 << 10
+)
+
 // scratchPool holds batch buffers, so an idle peer holds no write buffer at all.
-var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
+var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, scratchSize); return &b }}
 
 // writeBatch writes a batch of messages with one writev: frame headers and small
 // frames are copied into a pooled scratch buffer, large frames are referenced.
@@ -283,7 +293,7 @@ func writeBatch(c net.Conn, batch []item) (uint64, error) {
 		bufs = append(bufs, buf[start:])
 	}
 	_, err := bufs.WriteTo(c)
-	if cap(buf) <= 64<<10 { // do not let one huge batch pin a huge buffer
+	if cap(buf) <= scratchKeepMax { // do not let one huge batch pin a huge buffer
 		*sp = buf[:0]
 		scratchPool.Put(sp)
 	}

@@ -132,10 +132,17 @@ func (s *server) stats() Stats {
 	return st
 }
 
+// The accept loop's backoff after an error (EMFILE and the like): it recovers at
+// once when the error clears, and never spins while it lasts.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
 func (s *server) start() { s.wg.Go(s.acceptLoop) }
 
 func (s *server) acceptLoop() {
-	backoff := 5 * time.Millisecond
+	backoff := acceptBackoffMin
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
@@ -149,10 +156,10 @@ func (s *server) acceptLoop() {
 			case <-s.ctx.Done():
 				return
 			}
-			backoff = min(backoff*2, time.Second)
+			backoff = min(backoff*2, acceptBackoffMax)
 			continue
 		}
-		backoff = 5 * time.Millisecond
+		backoff = acceptBackoffMin
 		if s.conns.Add(1) > int64(s.opts.MaxPeers) {
 			s.conns.Add(-1)
 			s.countDrop("max_peers", 1)
