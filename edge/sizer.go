@@ -72,17 +72,17 @@ var poolChangeReasons = []string{grewRandomLoss, shrankCongested, shrankIdle, sh
 // sizeInput is what one decision is made from: the pool's figures over the last
 // interval.
 type sizeInput struct {
-	size, cap int     // usable connections now; the most allowed
-	waiting   bool    // every usable connection was busy (see the rule)
-	idle      bool    // no request for idleAfter
-	sent      uint64  // packets sent in the interval, all connections
-	lost      uint64  // packets lost in the interval, all connections
+	size, cap int    // usable connections now; the most allowed
+	waiting   bool   // every usable connection was busy (see the rule)
+	idle      bool   // no request for idleAfter
+	sent      uint64 // packets sent in the interval, all connections
+	lost      uint64 // packets lost in the interval, all connections
 	// The same over the last lossWindow intervals: the loss rate the growth rule
 	// reads. A TCP connection sends full segments, twenty a second under a load
 	// that is thirty QUIC packets, and a light load few of either: one interval
 	// alone would seldom have minPackets to judge from.
 	recentSent, recentLost uint64
-	rttRatio  float64 // the largest smoothed RTT / RTT floor of the connections
+	rttRatio               float64 // the largest smoothed RTT / RTT floor of the connections
 	// For the debug log: the least-loaded connection's peak bytes in flight and window.
 	peak, cwnd uint64
 }
