@@ -13,13 +13,16 @@ import (
 
 // conn is one live tunnel connection to the core and everything running on it.
 type conn struct {
-	e      *Edge
-	sess   tunnel.Session
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	log    *slog.Logger
-	ack    wire.HelloAck
-	wg     sync.WaitGroup
+	e *Edge
+	// outcomes is where the requests and cancels it carries are reported
+	// (outcomes.go): the connection never reaches into the request table.
+	outcomes requestOutcomes
+	sess     tunnel.Session
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	log      *slog.Logger
+	ack      wire.HelloAck
+	wg       sync.WaitGroup
 
 	lastPong  atomic.Int64 // unix nanos
 	rtt       atomic.Int64 // nanos

@@ -214,7 +214,7 @@ func (e *Edge) handshake(ctx context.Context, sess tunnel.Session, slot uint32, 
 	stop()
 	cctx, ccancel := context.WithCancelCause(ctx)
 	c := &conn{
-		e: e, sess: sess, ctx: cctx, cancel: ccancel, ack: ack, slot: slot, anchor: anchor,
+		e: e, outcomes: e, sess: sess, ctx: cctx, cancel: ccancel, ack: ack, slot: slot, anchor: anchor,
 		log: e.log.With("core", ack.CoreName, "remote", sess.RemoteAddr(), "transport", sess.Transport(), "conn", slot),
 	}
 	c.lastPong.Store(time.Now().UnixNano())

@@ -48,16 +48,16 @@ func (c *conn) goRequest(r *edgeReq) {
 		switch err := c.exchange(r); {
 		case err == nil:
 		case c.ctx.Err() != nil:
-			c.e.reqs.requeue(r) // the next connection re-sends it under the same ID
+			c.outcomes.requeue(r) // the next connection re-sends it under the same ID
 		default:
 			c.log.Debug("request stream failed; re-sending", "err", err)
 			waitctx.Sleep(c.ctx, streamRetryPause) // no tight loop on a failing stream
-			c.e.reqs.requeue(r)
+			c.outcomes.requeue(r)
 		}
 	})
 	if !started {
 		unload()
-		c.e.reqs.requeue(r)
+		c.outcomes.requeue(r)
 	}
 }
 
@@ -118,7 +118,7 @@ func (c *conn) exchange(r *edgeReq) error {
 	typ, body, err := rd.Next()
 	if errors.Is(err, wire.ErrTooLarge) {
 		// Re-sending would bring the same reply: end it, as a minion's master would.
-		e.refused(r, wire.Refused{ID: r.id, Code: wire.RefusedTooLarge, Reason: "reply larger than the edge's --max-message-size"})
+		c.outcomes.refused(r, wire.Refused{ID: r.id, Code: wire.RefusedTooLarge, Reason: "reply larger than the edge's --max-message-size"})
 		_ = wire.Write(st, wire.TDone, wire.U64Body(r.id))
 		return nil
 	}
@@ -131,7 +131,7 @@ func (c *conn) exchange(r *edgeReq) error {
 		if err != nil || rep.ID != r.id {
 			return fmt.Errorf("bad reply record for request %d: %w", r.id, wire.ErrMalformed)
 		}
-		e.deliver(r, wire.CloneFrames(rep.Frames))
+		c.outcomes.deliver(r, wire.CloneFrames(rep.Frames))
 		_ = wire.Write(st, wire.TDone, wire.U64Body(r.id))
 		_ = st.CloseWrite()
 		return nil
@@ -140,7 +140,7 @@ func (c *conn) exchange(r *edgeReq) error {
 		if err != nil {
 			return fmt.Errorf("bad refusal for request %d: %w", r.id, err)
 		}
-		e.refused(r, ref)
+		c.outcomes.refused(r, ref)
 		return nil
 	default:
 		return fmt.Errorf("unexpected %s answering request %d: %w", typ, r.id, wire.ErrMalformed)

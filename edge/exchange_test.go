@@ -181,3 +181,73 @@ func TestDeadConnectionRequeuesRequestUnderSameID(t *testing.T) {
 		t.Errorf("replies{minion_gone} = %v, want 1", got)
 	}
 }
+
+// A reply larger than the edge's --max-message-size would come back the same on
+// every re-send: the connection reports it as refused (too large), never as a
+// delivery or a requeue, and still tells the core it may forget the reply.
+func TestExchangeReportsTooLargeReplyAsRefused(t *testing.T) {
+	e := connTestEdge(t)
+	e.cfg.MaxMessageSize = 1 << 10
+	s := newFakeSession(t, connTestLimit)
+	c := testConn(e, s, 0)
+	rec := newRecordedOutcomes()
+	c.outcomes = rec
+	t.Cleanup(func() { c.cancel(errors.New("test over")) })
+	r := sentRequest(t, e)
+
+	done := make(chan error, 1)
+	go func() { done <- c.exchange(r) }()
+	st := s.take(t)
+	rd := wire.NewReader(st, 1<<20)
+	readRequest(t, rd)
+	big := bytes.Repeat([]byte{'x'}, e.cfg.MaxMessageSize+wire.FrameSlack)
+	if err := wire.Write(st, wire.TReply, wire.Reply{ID: r.id, Frames: [][]byte{big}}.Encode()); err != nil {
+		t.Fatalf("core: write reply: %v", err)
+	}
+	body, err := rd.Expect(wire.TDone)
+	if err != nil {
+		t.Fatalf("core: no done record after the oversized reply: %v", err)
+	}
+	if got, err := wire.DecodeU64(body); err != nil || got != r.id {
+		t.Fatalf("core: done record for %d (%v), want %d", got, err, r.id)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("exchange returned %v; an error would re-send the request", err)
+	}
+	delivered, refused, requeued, cancels := rec.counts()
+	if delivered != 0 || refused != 1 || requeued != 0 || cancels != 0 {
+		t.Fatalf("reported %d deliveries, %d refusals, %d requeues, %d cancels; want one refusal only", delivered, refused, requeued, cancels)
+	}
+	if ref := rec.refusals[0]; ref.ID != r.id || ref.Code != wire.RefusedTooLarge {
+		t.Errorf("refusal %d code %d, want %d code %d (too large)", ref.ID, ref.Code, r.id, wire.RefusedTooLarge)
+	}
+}
+
+// A request stream that fails while the connection lives (here the core ends it
+// without an answer) leaves the outcome unknown: the connection reports a requeue,
+// once, and neither a delivery nor a refusal.
+func TestFailedStreamOnLiveConnectionReportsRequeue(t *testing.T) {
+	e := connTestEdge(t)
+	s := newFakeSession(t, connTestLimit)
+	c := testConn(e, s, 0)
+	rec := newRecordedOutcomes()
+	c.outcomes = rec
+	t.Cleanup(func() {
+		c.cancel(errors.New("test over"))
+		c.wg.Wait()
+	})
+	r := sentRequest(t, e)
+
+	c.goRequest(r)
+	st := s.take(t)
+	readRequest(t, wire.NewReader(st, 1<<20))
+	_ = st.Close()
+	rec.waitReport(t, s)
+	if c.ctx.Err() != nil {
+		t.Fatal("the connection ended; this test is about a live one")
+	}
+	delivered, refused, requeued, cancels := rec.counts()
+	if delivered != 0 || refused != 0 || requeued != 1 || cancels != 0 || rec.requeued[0] != r.id {
+		t.Fatalf("reported %d deliveries, %d refusals, requeues %v, %d cancels; want request %d requeued once", delivered, refused, rec.requeued, cancels, r.id)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
+	"github.com/salt-broker/salt-broker/internal/wire"
 	"github.com/salt-broker/salt-broker/internal/zmtp"
 	"github.com/salt-broker/salt-broker/tunnel"
 )
@@ -193,7 +194,7 @@ func connTestEdge(t *testing.T) *Edge {
 // control stream: these tests are about what runs beside it).
 func testConn(e *Edge, sess tunnel.Session, slot uint32) *conn {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	return &conn{e: e, sess: sess, ctx: ctx, cancel: cancel, slot: slot, log: e.log.With("conn", slot)}
+	return &conn{e: e, outcomes: e, sess: sess, ctx: ctx, cancel: cancel, slot: slot, log: e.log.With("conn", slot)}
 }
 
 // counterOf reads a counter of the edge's metrics.
@@ -205,3 +206,60 @@ func counterOf(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// recordedOutcomes is a requestOutcomes that only records what the connection
+// reported, so a test sees exactly which outcome the connection chose, without
+// the table's or the minion socket's side of it.
+type recordedOutcomes struct {
+	mu        sync.Mutex
+	delivered map[uint64][][]byte
+	refusals  []wire.Refused
+	requeued  []uint64
+	cancels   int           // resolveRetry and retryCancelLater calls
+	reported  chan struct{} // one token per report, so a test waits instead of polling
+}
+
+func newRecordedOutcomes() *recordedOutcomes {
+	return &recordedOutcomes{delivered: make(map[uint64][][]byte), reported: make(chan struct{}, fakeAccepted)}
+}
+
+func (o *recordedOutcomes) note(f func()) {
+	o.mu.Lock()
+	f()
+	o.mu.Unlock()
+	select {
+	case o.reported <- struct{}{}:
+	default: // a test that stopped reading reads the records themselves
+	}
+}
+
+func (o *recordedOutcomes) deliver(r *edgeReq, reply [][]byte) {
+	o.note(func() { o.delivered[r.id] = reply })
+}
+func (o *recordedOutcomes) refused(_ *edgeReq, ref wire.Refused) {
+	o.note(func() { o.refusals = append(o.refusals, ref) })
+}
+func (o *recordedOutcomes) requeue(r *edgeReq) {
+	o.note(func() { o.requeued = append(o.requeued, r.id) })
+}
+func (o *recordedOutcomes) resolveRetry(*edgeReq, byte) { o.note(func() { o.cancels++ }) }
+func (o *recordedOutcomes) retryCancelLater(*edgeReq)   { o.note(func() { o.cancels++ }) }
+
+// waitReport waits for the next report, at most the session's time limit.
+func (o *recordedOutcomes) waitReport(t *testing.T, s *fakeSession) {
+	t.Helper()
+	select {
+	case <-o.reported:
+	case <-s.ctx.Done():
+		t.Fatalf("the session ended before the connection reported an outcome: %v", context.Cause(s.ctx))
+	}
+}
+
+// counts reads how many of each outcome were reported.
+func (o *recordedOutcomes) counts() (delivered, refused, requeued, cancels int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.delivered), len(o.refusals), len(o.requeued), o.cancels
+}
+
+var _ requestOutcomes = (*recordedOutcomes)(nil)

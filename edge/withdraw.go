@@ -22,14 +22,14 @@ func (c *conn) goCancel(r *edgeReq) {
 		res, err := c.withdraw(r.replaces.id)
 		if err != nil {
 			c.log.Debug("cancel failed; asking again on the next connection", "err", err)
-			c.e.reqs.retryCancelLater(r)
+			c.outcomes.retryCancelLater(r)
 			return
 		}
 		c.log.Debug("minion retry resolved", "minion", r.env.ID, "earlier_id", r.replaces.id, "result", res)
-		c.e.reqs.resolveRetry(r, res)
+		c.outcomes.resolveRetry(r, res)
 	})
 	if !started {
-		c.e.reqs.retryCancelLater(r)
+		c.outcomes.retryCancelLater(r)
 	}
 }
 
