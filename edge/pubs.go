@@ -10,7 +10,10 @@ import (
 )
 
 // runPubs resumes the publication stream from the edge's cursor and re-publishes
-// every publication to the minions, in order.
+// every publication to the minions, in order. It keeps no cursor of its own: it is
+// the cursor's only writer (pubLoop runs one stream at a time), so e.cursor is
+// read where a decision needs it, and moved only after the publication went out, so
+// the cursor saved for a restart never runs ahead of what the minions were sent.
 func (c *conn) runPubs() {
 	e := c.e
 	if !e.cursor.waitForMinions(c.ctx, e.pub, e.cfg.ReplayHold, c.log) {
@@ -24,9 +27,9 @@ func (c *conn) runPubs() {
 	defer st.Close()
 	stop := context.AfterFunc(c.ctx, func() { _ = st.Close() })
 	defer stop()
-	epoch, cursor := e.cursor.get()
+	epoch, from := e.cursor.get()
 	_ = st.SetWriteDeadline(time.Now().Add(e.cfg.WriteTimeout))
-	if err := wire.Write(st, wire.TSubscribe, wire.Subscribe{CoreEpoch: epoch, Cursor: cursor}.Encode()); err != nil {
+	if err := wire.Write(st, wire.TSubscribe, wire.Subscribe{CoreEpoch: epoch, Cursor: from}.Encode()); err != nil {
 		c.cancel(fmt.Errorf("subscribe: %w", err))
 		return
 	}
@@ -38,9 +41,8 @@ func (c *conn) runPubs() {
 			seq := wire.NewDecoder(body[:min(8, len(body))]).U64()
 			c.log.Warn("publication skipped: larger than this edge's --max-message-size", "seq", seq, "err", err)
 			e.metrics.gapPubs.Inc()
-			if seq > cursor {
-				cursor = seq
-				e.cursor.setCursor(cursor)
+			if _, cursor := e.cursor.get(); seq > cursor {
+				e.cursor.setCursor(seq)
 			}
 			continue
 		}
@@ -56,13 +58,13 @@ func (c *conn) runPubs() {
 				return
 			}
 			e.cursor.set(s.CoreEpoch, s.Cursor)
-			cursor = s.Cursor
 		case wire.TPub:
 			p, err := wire.DecodePub(body)
 			if err != nil {
 				c.cancel(fmt.Errorf("decode publication: %w", err))
 				return
 			}
+			_, cursor := e.cursor.get()
 			if p.Seq <= cursor {
 				e.metrics.pubDuplicates.Inc()
 				continue
@@ -73,8 +75,7 @@ func (c *conn) runPubs() {
 			}
 			e.pub.Publish(wire.CloneFrames(p.Frames))
 			e.metrics.pubs.Inc()
-			cursor = p.Seq
-			e.cursor.setCursor(cursor)
+			e.cursor.setCursor(p.Seq)
 		case wire.TGap:
 			g, err := wire.DecodeGap(body)
 			if err != nil {
@@ -85,8 +86,7 @@ func (c *conn) runPubs() {
 			e.metrics.gapPubs.Add(float64(n))
 			c.log.Warn("publications lost in an outage longer than the core's replay window; minions will miss these jobs",
 				"from_seq", g.From, "to_seq", g.To, "count", n)
-			cursor = g.To
-			e.cursor.setCursor(cursor)
+			e.cursor.setCursor(g.To)
 		default:
 			c.cancel(fmt.Errorf("unexpected %s on the publication stream: %w", typ, wire.ErrMalformed))
 			return
