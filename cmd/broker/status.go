@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/salt-broker/salt-broker/core"
+	"github.com/salt-broker/salt-broker/edge"
 )
 
 // exitDown is `broker status`'s exit code for a process that answers but cannot
@@ -48,8 +51,8 @@ func statusCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			var st statusDoc
-			if err := json.Unmarshal(body, &st); err != nil || (st.Role != "edge" && st.Role != "core") {
+			st, ok := parseStatus(body)
+			if !ok {
 				return fmt.Errorf("ask %s: the answer is not the status of an edge or core (is --admin the admin address of an edge or core?)", url)
 			}
 			if c.Bool("json") {
@@ -97,80 +100,53 @@ func fetchStatus(ctx context.Context, url string) ([]byte, error) {
 	return body, nil
 }
 
-// statusDoc is the JSON of edge.Status and core.Status (their fields by JSON name,
-// so a field one side does not have reads as zero).
+// statusDoc is an edge's or a core's /status, decoded into the type that side
+// serves it from (edge.Status, core.Status), so the table never drifts from it.
 type statusDoc struct {
-	Role string `json:"role"`
-	// edge
-	Core        string  `json:"core"`
-	Connected   bool    `json:"connected"`
-	Transport   string  `json:"transport"`
-	RTTMillis   float64 `json:"rtt_ms"`
-	CoreEpoch   uint64  `json:"core_epoch"`
-	PubCursor   uint64  `json:"pub_cursor"`
-	Pending     int     `json:"pending_requests"`
-	MinionsPub  int64   `json:"minions_subscribed"`
-	MinionsRet  int64   `json:"minion_req_sockets"`
-	PoolCap     int     `json:"pool_cap"`
-	DownSince   string  `json:"down_since"`
-	LastError   string  `json:"last_error"`
-	Connections []struct {
-		Conn          uint32  `json:"conn"`
-		Transport     string  `json:"transport"`
-		Anchor        bool    `json:"anchor"`
-		Publications  bool    `json:"publications"`
-		Retiring      bool    `json:"retiring"`
-		PingRTTMillis float64 `json:"ping_rtt_ms"`
-		SmoothedRTTMs float64 `json:"smoothed_rtt_ms"`
-		MinRTTMs      float64 `json:"min_rtt_ms"`
-		Cwnd          uint64  `json:"congestion_window_bytes"`
-		Loss          float64 `json:"loss_ratio"`
-		Requests      int64   `json:"requests_in_flight"`
-		RequestBytes  int64   `json:"request_bytes_in_flight"`
-	} `json:"connections"`
-	// core
-	Epoch            uint64  `json:"epoch"`
-	HeadSeq          uint64  `json:"head_seq"`
-	RingMessages     int     `json:"ring_messages"`
-	RingBytes        int64   `json:"ring_bytes"`
-	RingOldestSecs   float64 `json:"ring_oldest_age_s"`
-	RequestsAtMaster int     `json:"requests_at_master"`
-	DedupEntries     int     `json:"dedup_entries"`
-	MasterSub        bool    `json:"master_sub_connected"`
-	MasterDealer     bool    `json:"master_dealer_connected"`
-	Edges            []struct {
-		Name      string  `json:"name"`
-		EdgeName  string  `json:"edge_name"`
-		Conn      uint32  `json:"conn"`
-		Remote    string  `json:"remote"`
-		Transport string  `json:"transport"`
-		RTTMillis float64 `json:"rtt_ms"`
-		PubCursor uint64  `json:"pub_cursor"`
-		Lag       uint64  `json:"pub_lag"`
-	} `json:"edges"`
+	Role string
+	edge edge.Status
+	core core.Status
+}
+
+// parseStatus decodes body by its role; false if it is neither side's status.
+func parseStatus(body []byte) (statusDoc, bool) {
+	var probe struct {
+		Role string `json:"role"`
+	}
+	if json.Unmarshal(body, &probe) != nil {
+		return statusDoc{}, false
+	}
+	st := statusDoc{Role: probe.Role}
+	switch probe.Role {
+	case "edge":
+		return st, json.Unmarshal(body, &st.edge) == nil
+	case "core":
+		return st, json.Unmarshal(body, &st.core) == nil
+	}
+	return st, false
 }
 
 // down says why the process cannot serve, or "" when it can.
 func (s statusDoc) down() string {
 	switch s.Role {
 	case "edge":
-		if s.Connected {
+		if s.edge.Connected {
 			return ""
 		}
-		msg := "edge: the tunnel to the core " + s.Core + " is down"
-		if s.DownSince != "" {
-			msg += " since " + s.DownSince
+		msg := "edge: the tunnel to the core " + s.edge.Core + " is down"
+		if s.edge.DownSince != "" {
+			msg += " since " + s.edge.DownSince
 		}
-		if s.LastError != "" {
-			msg += ": " + s.LastError
+		if s.edge.LastError != "" {
+			msg += ": " + s.edge.LastError
 		}
 		return msg
 	default:
 		var not []string
-		if !s.MasterSub {
+		if !s.core.MasterSub {
 			not = append(not, "sub (publications)")
 		}
-		if !s.MasterDealer {
+		if !s.core.MasterDealer {
 			not = append(not, "dealer (requests)")
 		}
 		if len(not) == 0 {
@@ -192,21 +168,22 @@ func (s statusDoc) print(w io.Writer) error {
 	var b bytes.Buffer
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	if s.Role == "edge" {
+		e := s.edge
 		state := "DOWN"
-		if s.Connected {
-			state = fmt.Sprintf("up (%s, rtt %.1f ms)", s.Transport, s.RTTMillis)
+		if e.Connected {
+			state = fmt.Sprintf("up (%s, rtt %.1f ms)", e.Transport, e.RTTMillis)
 		}
-		fmt.Fprintf(tw, "edge\tcore %s\ttunnel %s\n", s.Core, state)
-		if !s.Connected && (s.DownSince != "" || s.LastError != "") {
-			fmt.Fprintf(tw, "down since\t%s\t%s\n", s.DownSince, s.LastError)
+		fmt.Fprintf(tw, "edge\tcore %s\ttunnel %s\n", e.Core, state)
+		if !e.Connected && (e.DownSince != "" || e.LastError != "") {
+			fmt.Fprintf(tw, "down since\t%s\t%s\n", e.DownSince, e.LastError)
 		}
-		fmt.Fprintf(tw, "minions\t%d subscribed\t%d request sockets\n", s.MinionsPub, s.MinionsRet)
-		fmt.Fprintf(tw, "requests\t%d pending\t\n", s.Pending)
-		fmt.Fprintf(tw, "publications\tcursor %d\tcore epoch %d\n", s.PubCursor, s.CoreEpoch)
-		fmt.Fprintf(tw, "pool\t%s\tof at most %d\n", plural(len(s.Connections), "connection"), s.PoolCap)
-		if len(s.Connections) > 0 {
+		fmt.Fprintf(tw, "minions\t%d subscribed\t%d request sockets\n", e.MinionsPub, e.MinionsRet)
+		fmt.Fprintf(tw, "requests\t%d pending\t\n", e.PendingRequests)
+		fmt.Fprintf(tw, "publications\tcursor %d\tcore epoch %d\n", e.PubCursor, e.CoreEpoch)
+		fmt.Fprintf(tw, "pool\t%s\tof at most %d\n", plural(len(e.Connections), "connection"), e.PoolCap)
+		if len(e.Connections) > 0 {
 			fmt.Fprintln(tw, "\nCONN\tTRANSPORT\tROLE\tPING RTT\tSRTT\tMIN RTT\tCWND\tLOSS\tREQUESTS\tBYTES")
-			for _, c := range s.Connections {
+			for _, c := range e.Connections {
 				var role []string
 				if c.Anchor {
 					role = append(role, "anchor")
@@ -218,19 +195,20 @@ func (s statusDoc) print(w io.Writer) error {
 					role = append(role, "retiring")
 				}
 				fmt.Fprintf(tw, "%d\t%s\t%s\t%.1f ms\t%.1f ms\t%.1f ms\t%s\t%.2f%%\t%d\t%s\n", c.Conn, c.Transport, yesNo(len(role) > 0, strings.Join(role, ","), "-"),
-					c.PingRTTMillis, c.SmoothedRTTMs, c.MinRTTMs, bytesIEC(int64(c.Cwnd)), 100*c.Loss, c.Requests, bytesIEC(c.RequestBytes))
+					c.PingRTTMillis, c.SmoothedRTTMs, c.MinRTTMs, bytesIEC(int64(c.CongestionWindow)), 100*c.LossRatio, c.Requests, bytesIEC(c.RequestBytes))
 			}
 		}
 	} else {
-		fmt.Fprintf(tw, "core\tepoch %d\tmaster sub %s, dealer %s\n", s.Epoch,
-			yesNo(s.MasterSub, "connected", "DOWN"), yesNo(s.MasterDealer, "connected", "DOWN"))
-		fmt.Fprintf(tw, "ring\t%d publications, %s\toldest %s, head %d\n", s.RingMessages, bytesIEC(s.RingBytes),
-			(time.Duration(s.RingOldestSecs * float64(time.Second))).Round(time.Second), s.HeadSeq)
-		fmt.Fprintf(tw, "requests\t%d at the master\t%d remembered (dedup)\n", s.RequestsAtMaster, s.DedupEntries)
-		fmt.Fprintf(tw, "edges\t%s\t\n", plural(len(s.Edges), "connection"))
-		if len(s.Edges) > 0 {
+		k := s.core
+		fmt.Fprintf(tw, "core\tepoch %d\tmaster sub %s, dealer %s\n", k.Epoch,
+			yesNo(k.MasterSub, "connected", "DOWN"), yesNo(k.MasterDealer, "connected", "DOWN"))
+		fmt.Fprintf(tw, "ring\t%d publications, %s\toldest %s, head %d\n", k.RingMessages, bytesIEC(k.RingBytes),
+			(time.Duration(k.RingOldestSecs * float64(time.Second))).Round(time.Second), k.HeadSeq)
+		fmt.Fprintf(tw, "requests\t%d at the master\t%d remembered (dedup)\n", k.RequestsAtMaster, k.DedupEntries)
+		fmt.Fprintf(tw, "edges\t%s\t\n", plural(len(k.Edges), "connection"))
+		if len(k.Edges) > 0 {
 			fmt.Fprintln(tw, "\nCERTIFICATE\tEDGE NAME\tCONN\tREMOTE\tTRANSPORT\tRTT\tCURSOR\tLAG")
-			for _, e := range s.Edges {
+			for _, e := range k.Edges {
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%.1f ms\t%d\t%d\n", e.Name, yesNo(e.EdgeName != "", e.EdgeName, "-"), e.Conn, e.Remote, e.Transport, e.RTTMillis, e.PubCursor, e.Lag)
 			}
 		}
