@@ -1,14 +1,12 @@
 package core
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +16,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/salt-broker/salt-broker/certs"
+	"github.com/salt-broker/salt-broker/internal/testlog"
 	"github.com/salt-broker/salt-broker/internal/wire"
 	"github.com/salt-broker/salt-broker/tunnel"
 )
@@ -326,22 +325,8 @@ func TestStaleLogSummarises(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects the core's log lines, safe for concurrent writes.
+type syncBuffer = testlog.Buffer
 
 // reqLab is a core serving one test edge over the real tunnel, with the table's
 // clock in the test's hands. The master's ret port is reserved and closed until the

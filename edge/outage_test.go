@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -15,27 +14,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/salt-broker/salt-broker/certs"
+	"github.com/salt-broker/salt-broker/internal/testlog"
 	"github.com/salt-broker/salt-broker/internal/wire"
 	"github.com/salt-broker/salt-broker/tunnel"
 )
 
 // logBuffer collects an edge's log lines for a test, safe for concurrent writes.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type logBuffer = testlog.Buffer
 
 // eventually polls cond every 20 ms until it holds or d passes.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
